@@ -1,0 +1,63 @@
+"""Likelihood maps and image scores."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from uflow_lib.scoring import (anomaly_map, anomaly_score_map, image_scores, log_likelihood_maps, mean_z2,
+                               _log_upsample)
+
+
+def test_log_likelihood_is_mean_over_channels():
+    z = [torch.tensor([[1.0, 3.0]]).view(1, 2, 1, 1)]
+    # −½ · (1 + 9)/2 = −2.5
+    assert log_likelihood_maps(z)[0].item() == pytest.approx(-2.5)
+
+
+def test_anomaly_map_hand_checked():
+    z = [torch.zeros(1, 4, 2, 2), torch.full((1, 4, 1, 1), 2.0)]  # p = 1 and p = e^{-2}
+    a = anomaly_map(z, out_size=8)
+    torch.testing.assert_close(a, torch.full((1, 1, 8, 8), 1 - (1 + math.exp(-2)) / 2))
+
+
+def test_log_domain_upsampling_matches_bilinear():
+    torch.manual_seed(0)
+    logp = -torch.rand(2, 1, 7, 5).double() * 5
+    ref = F.interpolate(logp.exp(), size=(16, 16), mode="bilinear", align_corners=False).log()
+    torch.testing.assert_close(_log_upsample(logp, 16), ref)
+
+
+def test_score_map_is_monotone_in_the_paper_map():
+    torch.manual_seed(0)
+    z = [torch.randn(2, 6, 8, 8) * 1.5, torch.randn(2, 12, 4, 4) * 1.5]
+    a, s = anomaly_map(z, 32).double(), anomaly_score_map(z, 32)
+    torch.testing.assert_close(1 - torch.exp(-s), a, atol=2e-7, rtol=0)
+
+
+def test_strong_defects_do_not_tie():
+    # two images with defects on both scales, of different strength: A saturates to exactly 1 in float32
+    z = [torch.zeros(2, 4, 8, 8), torch.zeros(2, 4, 4, 4)]
+    for b, v in enumerate((20.0, 30.0)):
+        z[0][b, :, 2:6, 2:6] = v
+        z[1][b, :, 1:3, 1:3] = v
+    assert torch.all(anomaly_map(z, 32).flatten(1).amax(1) == 1.0)  # ties in the paper's form
+    scores = image_scores(anomaly_score_map(z, 32))
+    assert scores[1] > scores[0] > 100
+
+
+def test_product_combination_is_sum_of_negative_log_likelihoods():
+    z = [torch.full((1, 2, 2, 2), 1.0), torch.full((1, 2, 1, 1), 2.0)]
+    s = anomaly_score_map(z, 4, combine="product")
+    torch.testing.assert_close(s, torch.full((1, 1, 4, 4), 0.5 + 2.0, dtype=torch.float64))
+    with pytest.raises(ValueError, match="combine"):
+        anomaly_score_map(z, 4, combine="max")
+
+
+def test_mean_z2_of_standard_normal_is_one():
+    torch.manual_seed(0)
+    z = [torch.randn(3, 64, 16, 16), torch.randn(3, 32, 8, 8)]
+    assert torch.allclose(mean_z2(z), torch.ones(3), atol=0.03)
