@@ -68,7 +68,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--weights", help="backbone weights file, if it moved since training")
     p.add_argument("--nfa-bound", default="valid", choices=["valid", "paper"],
                    help="Chernoff bound form for the tree NFA (default: valid)")
-    p.add_argument("--nfa-scales", type=int, nargs="+", help="scale indices (0 = finest) used by the NFA")
+    p.add_argument("--nfa-scales", type=int, nargs="+", help="scale indices (0 = finest) used by the NFA (default: all for mcait, the coarsest for CNNs)")
     p.add_argument("--no-nfa", action="store_true", help="skip the NFA segmentation (faster)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")

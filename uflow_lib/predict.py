@@ -11,7 +11,7 @@ from PIL import Image
 
 from .checkpoint import load_trained, pick_device
 from .data import IMAGE_EXTENSIONS, load_image
-from .evaluation import EVAL_SIZE
+from .evaluation import EVAL_SIZE, default_nfa_scales
 from .scoring import anomaly_map
 
 __all__ = ["predict_files", "list_images"]
@@ -44,6 +44,8 @@ def predict_files(
 
     dev = pick_device(device)
     cfg, extractor, model, _ = load_trained(checkpoint, dev, weights)
+    if nfa_scales is None:
+        nfa_scales = default_nfa_scales(cfg.backbone, len(model.channels))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []

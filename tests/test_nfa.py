@@ -1,0 +1,319 @@
+"""Tests of uflow_lib.nfa: golden values, agreement with the literal references, calibration under H0."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from numpy.testing import assert_allclose
+from scipy import stats
+
+import nfa_reference as ref
+from uflow_lib import nfa
+
+MS_CAIT = [(816, 28), (192, 14)]  # (C, side) fine → coarse
+RESNET18 = [(84, 64), (80, 32), (128, 16)]
+LN10 = math.log(10)
+
+
+def gaussian_latents(shapes, batch, seed, std=1.0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return [std * torch.randn(batch, C, s, s, generator=g, dtype=dtype) for C, s in shapes]
+
+
+def latents_from_map(m) -> list[torch.Tensor]:
+    """C = 2 channels with z = sqrt(m) in both: mean_c z² = m and q = 2 m."""
+    z = torch.from_numpy(np.sqrt(np.asarray(m, dtype=np.float64)))
+    return [torch.stack([z, z])[None]]  # (1, 2, h, w)
+
+
+def g2(t):
+    """Chernoff log10 bound of one pixel for C = 2 (C/2 = 1), written out by hand."""
+    return -(t - 1 - math.log(t)) / LN10
+
+
+# ------------------------------------------------------------------------------------ number of tests
+def test_log10_num_tests_tree_values():
+    a, b = nfa.POLYOMINO_ALPHA, nfa.POLYOMINO_BETA
+    assert nfa.log10_num_tests_tree([(1, 1)]) == pytest.approx(math.log10(a * b), rel=1e-12)
+    # 1×2 map: 2 positions × (α β / 1 + α β² / 2), plus a 1×1 scale
+    expected = 2 * (a * b + a * b**2 / 2) + a * b
+    assert nfa.log10_num_tests_tree([(1, 2), (1, 1)]) == pytest.approx(math.log10(expected), rel=1e-12)
+    assert nfa.log10_num_tests_tree([(28, 28), (14, 14)]) == pytest.approx(476.92, abs=0.005)
+    for sizes in ([(28, 28), (14, 14)], [(16, 16), (8, 8)], [(7, 5)]):
+        assert nfa.log10_num_tests_tree(sizes) == pytest.approx(ref.log10_num_tests_tree(sizes), rel=1e-12)
+    assert nfa.log10_num_tests_tree([(64, 64)]) == pytest.approx(2493, abs=1.5)
+
+
+def test_log10_num_tests_block():
+    assert nfa.log10_num_tests_block([(28, 28), (14, 14)]) == pytest.approx(math.log10(980))
+
+
+# ------------------------------------------------------------------------------------ Chernoff bound
+@pytest.mark.parametrize("C", [1, 2, 8, 64, 192, 816])
+def test_chernoff_bound_dominates_exact_chi2_tail(C):
+    t = np.concatenate([1 + np.logspace(-4, 0, 60), np.linspace(2.05, 6, 60)])
+    exact = stats.chi2.logsf(t * C, C) / LN10
+    bound = nfa.chernoff_log10_tail(t * C, C, "valid")
+    assert np.all(bound >= exact - 1e-12)
+    assert np.all(bound < 0)
+    assert_allclose(nfa.chernoff_log10_tail(t * C, C, "paper"), bound, rtol=1e-15)
+
+
+def test_chernoff_bound_below_the_mean():
+    t = np.linspace(0.05, 1.0, 40)
+    assert np.all(nfa.chernoff_log10_tail(t * 8, 8, "valid") == 0)
+    paper = nfa.chernoff_log10_tail(t * 8, 8, "paper")
+    assert np.all(paper[:-1] < 0) and paper[-1] == 0  # the flaw: "too normal" looks improbable
+    assert nfa.chernoff_log10_tail(6.0, 2, "valid") == pytest.approx(g2(3.0), rel=1e-12)
+    assert nfa.chernoff_log10_tail(1.0, 2, "paper") == pytest.approx(g2(0.5), rel=1e-12)
+    assert np.isfinite(nfa.chernoff_log10_tail(0.0, 4, "paper"))
+
+
+# ------------------------------------------------------------------------------ tree NFA: golden arrays
+@pytest.mark.parametrize(
+    "m, expected",
+    [
+        # root (level 2) is less significant than its best leaf: both leaves stay
+        ([[2, 3, 2, 4, 2]], [[0, g2(3), 0, g2(4), 0]]),
+        # root (level 3, 5 pixels) beats both leaves: Procedure 2 merges, the whole line is detected
+        ([[3, 3.2, 3, 3.3, 3]], [[5 * g2(3)] * 5]),
+        # a chain: Procedure 1 keeps its most significant node, the 2-pixel component
+        ([[1, 3, 3.2]], [[0, 2 * g2(3), 2 * g2(3)]]),
+        # an L-shaped plateau is one node of 3 pixels
+        ([[1, 1, 1], [1, 3, 3], [1, 3, 1]], [[0, 0, 0], [0, 3 * g2(3), 3 * g2(3)], [0, 3 * g2(3), 0]]),
+        # diagonal neighbours are not 4-connected: two nodes of one pixel each
+        ([[3, 1, 1], [1, 3, 1], [1, 1, 1]], [[g2(3), 0, 0], [0, g2(3), 0], [0, 0, 0]]),
+    ],
+)
+def test_tree_golden(m, expected):
+    for bound in ("valid", "paper"):
+        (got,) = nfa.tree_log10_prob_maps(latents_from_map(m), bound)
+        assert_allclose(got[0], np.array(expected), rtol=1e-12, atol=1e-12)
+
+
+def test_tree_golden_valid_and_paper_bounds_differ():
+    m = [[0.5, 0.5], [0.5, 1.5]]
+    (valid,) = nfa.tree_log10_prob_maps(latents_from_map(m), "valid")
+    (paper,) = nfa.tree_log10_prob_maps(latents_from_map(m), "paper")
+    # valid: the root (t = 0.5) has log P = 0 and cannot absorb the leaf
+    assert_allclose(valid[0], [[0, 0], [0, g2(1.5)]], rtol=1e-12, atol=1e-12)
+    # paper: the root gets 4 · g(0.5) < g(1.5) and absorbs the leaf, the whole image is "detected"
+    assert_allclose(paper[0], np.full((2, 2), 4 * g2(0.5)), rtol=1e-12)
+
+
+def test_tree_nfa_combines_scales_with_number_of_tests():
+    m = [[1, 1, 1], [1, 3, 3], [1, 3, 1]]
+    out = nfa.tree_nfa(latents_from_map(m), out_size=3)  # same size: bilinear is the identity
+    expected = -(nfa.log10_num_tests_tree([(3, 3)]) + np.where(np.array(m) == 3, 3 * g2(3), 0))
+    assert out.shape == (1, 1, 3, 3) and out.dtype == torch.float64
+    assert_allclose(out[0, 0].numpy(), expected, rtol=1e-12)
+
+
+# --------------------------------------------------------------------- tree NFA: agreement with reference
+def _case(i: int) -> list[torch.Tensor]:
+    """Seeded small cases with planted anomalies, some quantised so that the map has plateaus and ties."""
+    g = torch.Generator().manual_seed(100 + i)
+    shapes = [[(64, 16), (16, 8)], [(64, 16), (16, 8)], [(8, 12)], [(32, 16), (8, 8)], [(16, 12), (32, 6)],
+              [(48, 16), (12, 8)], [(8, 16)], [(64, 12), (64, 6)], [(24, 16), (12, 8)], [(40, 10)],
+              [(8, 16), (8, 8)], [(64, 16), (32, 8)]][i]
+    quantum = [None, 0.5, 1.0, None, None, 0.5, 1.0, None, 0.25, None, 2.0, None][i]
+    std = [1.0, 1.0, 1.0, 0.7, 1.3, 1.0, 1.0, 1.0, 1.0, 0.9, 1.0, 1.0][i]
+    z = [std * torch.randn(2, C, s, s, generator=g, dtype=torch.float64) for C, s in shapes]
+    if i != 7:  # case 7 stays pure noise
+        z[0][:, :, 3:7, 4:8] += 2.0 + 0.25 * (i % 4)
+    if i == 5:
+        z[0][:, :, 10:13, 10:16] += 1.5
+    if i == 8:
+        z[0][:, :, 0:4, 12:16] += 2.5  # touches the border
+    if i == 11:
+        z[1][:, :, 5:8, 1:3] += 2.0
+    if quantum is not None:
+        z = [torch.round(zz / quantum) * quantum for zz in z]
+    return z
+
+
+@pytest.mark.parametrize("bound", ["valid", "paper"])
+@pytest.mark.parametrize("case", range(12))
+def test_tree_matches_reference(case, bound):
+    latents = _case(case)
+    fast = nfa.tree_log10_prob_maps(latents, bound)
+    log_nt = ref.log10_num_tests_tree([tuple(z.shape[-2:]) for z in latents])
+    ref_counts = np.zeros(2, dtype=np.int64)
+    for s, z in enumerate(latents):
+        for b in range(2):
+            expected, leaves = ref.tree_log10_prob_map(z[b].numpy(), bound)
+            assert_allclose(fast[s][b], expected, rtol=1e-12, atol=1e-9)
+            ref_counts[b] += sum(lp + log_nt < 0 for lp in leaves)
+    np.testing.assert_array_equal(nfa.tree_detection_counts(latents, bound), ref_counts)
+    got, want = nfa.tree_nfa(latents, 64, bound), ref.tree_nfa(latents, 64, bound)
+    assert_allclose(got.numpy(), want.numpy(), rtol=1e-12, atol=1e-9)
+    assert torch.equal(got > 0, want > 0)
+    if case in (0, 1, 5, 11) or (bound == "paper" and case == 3):
+        assert (got > 0).any(), "the planted anomaly should be detected: the comparison must not be vacuous"
+
+
+def test_tree_batch_and_mosaic_chunks_do_not_matter(monkeypatch):
+    latents = _case(5)
+    whole = nfa.tree_log10_prob_maps(latents)
+    one_by_one = [nfa.tree_log10_prob_maps([z[b:b + 1] for z in latents]) for b in range(2)]
+    monkeypatch.setattr(nfa, "_MOSAIC_PIXELS", 300)  # one tile per max_tree call
+    chunked = nfa.tree_log10_prob_maps(latents)
+    monkeypatch.setattr(nfa, "_FOREST_PIXELS", 10)  # one image per forest
+    grouped = nfa.tree_log10_prob_maps(latents)
+    for s in range(2):
+        assert_allclose(chunked[s], whole[s], rtol=0, atol=0)
+        assert_allclose(grouped[s], whole[s], rtol=0, atol=0)
+        assert_allclose(np.concatenate([o[s] for o in one_by_one]), whole[s], rtol=0, atol=0)
+
+
+def test_tree_scales_select_maps_and_number_of_tests():
+    latents = _case(11)
+    only_coarse = nfa.tree_nfa(latents, 32, scales=[1])
+    assert torch.equal(only_coarse, nfa.tree_nfa([latents[1]], 32))
+    assert nfa.tree_detection_counts(latents, scales=[1]).tolist() == nfa.tree_detection_counts([latents[1]]).tolist()
+    assert not torch.equal(only_coarse, nfa.tree_nfa(latents, 32))
+
+
+# ------------------------------------------------------------------------- block NFA: agreement with reference
+def test_block_matches_unfold_reference():
+    cases = [
+        (gaussian_latents(MS_CAIT, 2, seed=3), {}),
+        (gaussian_latents([(20, 12), (12, 6), (8, 3)], 3, seed=4, dtype=torch.float64),
+         {"p": 0.8, "windows": [3, 5, 1]}),  # a 5×5 window on a 6×6 map, a 1×1 window
+    ]
+    cases[0][0][0][:, :, 10:14, 12:16] += 2.0
+    for latents, kwargs in cases:
+        fast = nfa.block_log10_prob_maps(latents, **kwargs)
+        windows = kwargs.get("windows", [5] + [3] * (len(latents) - 1))
+        for s, (z, k) in enumerate(zip(latents, windows)):
+            for b in range(z.shape[0]):
+                want = ref.block_log10_prob_map(z[b].double().numpy(), k, kwargs.get("p", 0.9))
+                assert_allclose(fast[s][b, 0].numpy(), want, rtol=1e-12, atol=1e-12)
+        got, want = nfa.block_nfa(latents, 64, **kwargs), ref.block_nfa(latents, 64, **kwargs)
+        assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=1e-6)
+    assert (nfa.block_nfa(cases[0][0]) > 0).any()
+
+
+def test_block_golden_counts():
+    # one channel, 3×3 map, hits (z² > τ) at the centre and a corner; 3×3 windows cut at the border
+    z = torch.zeros(1, 1, 3, 3, dtype=torch.float64)
+    z[0, 0, 1, 1] = z[0, 0, 0, 0] = 3.0
+    (got,) = nfa.block_log10_prob_maps([z], windows=[3])
+    n = np.array([[4, 6, 4], [6, 9, 6], [4, 6, 4]])
+    k = np.array([[2, 2, 1], [2, 2, 1], [1, 1, 1]])
+    assert_allclose(got[0, 0].numpy(), stats.binom.logsf(k - 1, n, 0.1) / LN10, rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------------ calibration under H0
+def _h0_detections(shapes, n_images, seed, std=1.0, batch=25):
+    counts = {"tree leaves": [], "tree regions": [], "block regions": [], "paper leaves": [], "paper regions": []}
+    for start in range(0, n_images, batch):
+        latents = gaussian_latents(shapes, batch, seed + start, std)
+        counts["tree leaves"].append(nfa.tree_detection_counts(latents))
+        counts["tree regions"].append(nfa.count_regions(nfa.tree_nfa(latents) > 0))
+        counts["block regions"].append(nfa.count_regions(nfa.block_nfa(latents) > 0))
+        counts["paper leaves"].append(nfa.tree_detection_counts(latents, bound="paper"))
+        counts["paper regions"].append(nfa.count_regions(nfa.tree_nfa(latents, bound="paper") > 0))
+    return {k: float(np.concatenate(v).mean()) for k, v in counts.items()}
+
+
+@pytest.mark.parametrize("shapes", [MS_CAIT, RESNET18], ids=["ms-cait", "resnet18"])
+def test_false_detections_under_h0(shapes):
+    """ε = 1 promises at most one false detection per image on average; 100 seeded images of i.i.d. N(0, 1)."""
+    mean = _h0_detections(shapes, 100, seed=1000)
+    print(f"\nH0, std 1.0, {shapes}: mean detections per image {mean}")
+    assert mean["tree leaves"] <= 1 and mean["tree regions"] <= 1 and mean["block regions"] <= 1
+    assert mean["paper leaves"] >= 0  # reported, not a guarantee
+
+
+@pytest.mark.parametrize("shapes", [MS_CAIT, RESNET18], ids=["ms-cait", "resnet18"])
+def test_paper_bound_detects_whole_image_on_underdispersed_latents(shapes):
+    """The documented flaw: with std 0.7 every region is "too normal", the unclamped bound calls it improbable."""
+    latents = gaussian_latents(shapes, 8, seed=7, std=0.7)
+    assert bool((nfa.tree_nfa(latents, 64, bound="paper") > 0).all())
+    assert not bool((nfa.tree_nfa(latents, 64, bound="valid") > 0).any())
+    mean = _h0_detections(shapes, 8, seed=7, std=0.9, batch=8)
+    print(f"\nH0, std 0.9, {shapes}: mean detections per image {mean}")
+
+
+# ------------------------------------------------------------------------------------- planted anomaly
+def _planted(shift, seed=11, batch=4):
+    latents = gaussian_latents(MS_CAIT, batch, seed)
+    latents[0][:, :, 10:14, 12:16] += shift  # a 4×4 patch of the fine scale, every channel
+    square = torch.zeros(1, 1, 28, 28)
+    square[..., 10:14, 12:16] = 1
+    return latents, F.interpolate(square, size=(256, 256), mode="nearest").bool()  # (1, 1, 256, 256)
+
+
+def _iou(mask, truth):
+    return ((mask & truth).flatten(1).sum(1) / (mask | truth).flatten(1).sum(1)).numpy()
+
+
+def test_planted_unit_shift_found_by_tree_nfa():
+    latents, truth = _planted(1.0, batch=8)
+    iou = _iou(nfa.tree_nfa(latents) > 0, truth)
+    print(f"\ntree NFA, +1 patch, IoU per image {np.round(iou, 3)}")
+    # The detected node is the most significant component, |R| · g(min_R t): when one patch pixel is weak,
+    # the component without it (possibly with a hole) can win, so single images may fall below 0.5.
+    assert iou.mean() >= 0.5 and iou.min() >= 0.3
+    assert nfa.tree_detection_counts(latents).tolist() == [1] * 8
+
+
+def test_planted_patch_and_block_nfa_sensitivity():
+    latents, truth = _planted(2.0, batch=8)
+    iou = _iou(nfa.block_nfa(latents) > 0, truth)
+    print(f"\nblock NFA, +2 patch, IoU per image {np.round(iou, 3)}")
+    assert iou.mean() >= 0.5 and iou.min() >= 0.3
+    # A +1 patch is missed by design: the channel-averaged count k̄ ≈ 16·0.26 + 9·0.1 ≈ 5.1 hits out of 25 is
+    # compared with one Bin(25, 0.1) draw, P(≥ 6) ≈ 10^-1.5, far above 1/N_T = 1/980.
+    latents, _ = _planted(1.0)
+    assert not bool((nfa.block_nfa(latents) > 0).any())
+
+
+# ------------------------------------------------------------------------------------ segmentation, inputs
+def test_nfa_segmentation_threshold_and_types():
+    scores = torch.tensor([[-1.0, 0.0, 0.5, 2.5]])
+    assert nfa.nfa_segmentation(scores).tolist() == [[False, False, True, True]]
+    assert nfa.nfa_segmentation(scores, epsilon=0.01).tolist() == [[False, False, False, True]]
+    assert nfa.nfa_segmentation(scores.numpy(), epsilon=10.0).tolist() == [[False, True, True, True]]
+    mask = np.zeros((2, 1, 4, 4), dtype=bool)
+    mask[0, 0, 0, 0] = mask[0, 0, 1, 1] = mask[0, 0, 3, 2:] = True  # diagonal pixels: separate 4-regions
+    assert nfa.count_regions(mask).tolist() == [3, 0]
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda z: nfa.tree_nfa(z, bound="chernoff"), "bound must be 'valid'"),
+        (lambda z: nfa.tree_nfa([z[0][0]]), "4-D"),
+        (lambda z: nfa.block_nfa([z[0][0]]), "4-D"),
+        (lambda z: nfa.tree_nfa([z[0], z[1][:1]]), "same batch size"),
+        (lambda z: nfa.block_nfa([z[0], z[1][:1]]), "same batch size"),
+        (lambda z: nfa.tree_nfa([]), "non-empty"),
+        (lambda z: nfa.tree_nfa(z, scales=[2]), "scales must be distinct indices"),
+        (lambda z: nfa.tree_nfa(z, scales=[0, 0]), "scales must be distinct indices"),
+        (lambda z: nfa.tree_nfa(z, out_size=0), "out_size"),
+        (lambda z: nfa.block_nfa(z, windows=[4, 3]), "odd positive"),
+        (lambda z: nfa.block_nfa(z, windows=[5]), "one odd positive"),
+        (lambda z: nfa.block_nfa(z, p=1.5), "p must be"),
+        (lambda z: nfa.nfa_segmentation(z[0], epsilon=0), "epsilon"),
+        (lambda z: nfa.tree_nfa([z[0] * float("nan")]), "NaN or inf"),
+        (lambda z: nfa.block_nfa([z[0] * float("inf")]), "NaN or inf"),
+        (lambda z: nfa.chernoff_log10_tail(1.0, 2, "exact"), "bound must be"),
+    ],
+)
+def test_bad_input_raises_value_error(call, match):
+    latents = gaussian_latents([(4, 6), (4, 3)], 2, seed=0)
+    with pytest.raises(ValueError, match=match):
+        call(latents)
+
+
+def test_bad_input_types():
+    with pytest.raises(TypeError, match="list of torch tensors"):
+        nfa.tree_nfa(torch.zeros(1, 2, 4, 4))
+    with pytest.raises(TypeError, match="floating point"):
+        nfa.block_nfa([torch.zeros(1, 2, 4, 4, dtype=torch.int64)])

@@ -1,0 +1,97 @@
+"""End to end on a tiny generated dataset: train, resume, stop on NaN, evaluate, predict, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from uflow_lib import training
+from uflow_lib.cli import main
+from uflow_lib.config import CATEGORY_SETTINGS, TrainConfig
+from uflow_lib.evaluation import evaluate_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    from uflow_lib.synthetic import make_dataset
+
+    root = tmp_path_factory.mktemp("tiny")
+    make_dataset(root, seed=3, image_size=128, n_train=6, n_test_good=2, n_test_defect=2)
+    return root
+
+
+def _cfg(root, out, **kw) -> TrainConfig:
+    base = dict(data=str(root), category="texture", out=str(out), backbone="mobilenetv2", pretrained=False,
+                input_size=128, epochs=3, batch_size=4, lr=1e-3, flow_steps=2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_category_table_fills_defaults():
+    cfg = TrainConfig(data=".", category="bottle", out=".").resolved()
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.input_size, cfg.norm) == (200, 23, 1.1290e-4, 448, "identity")
+    assert len(CATEGORY_SETTINGS) == 15
+    cnn = TrainConfig(data=".", category="texture", out=".", backbone="mobilenetv2").resolved()
+    assert (cnn.epochs, cnn.batch_size, cnn.lr, cnn.input_size, cnn.norm) == (200, 8, 1e-4, 256, "standardize")
+
+
+def test_resume_continues_exactly(tiny_root, tmp_path):
+    full = training.train(_cfg(tiny_root, tmp_path / "full"), progress=False)
+    assert full.finished and full.epochs_done == 3 and (tmp_path / "full" / "last.pt").is_file()
+    part = training.train(_cfg(tiny_root, tmp_path / "part", epochs=1), progress=False)
+    assert part.epochs_done == 1
+    resumed = training.train(_cfg(tiny_root, tmp_path / "part"), progress=False, log=lambda *_: None)
+    assert resumed.epochs_done == 3
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "part" / "last.pt", weights_only=True)
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6)
+    assert [h["loss"] for h in a["history"]] == pytest.approx([h["loss"] for h in b["history"]], rel=1e-5)
+
+
+def test_resume_refuses_a_different_architecture(tiny_root, tmp_path):
+    training.train(_cfg(tiny_root, tmp_path, epochs=1), progress=False)
+    with pytest.raises(ValueError, match="another --out"):
+        training.train(_cfg(tiny_root, tmp_path, flow_steps=4), progress=False)
+
+
+def test_max_minutes_stops_at_an_epoch_boundary(tiny_root, tmp_path):
+    res = training.train(_cfg(tiny_root, tmp_path, max_minutes=0.0), progress=False, log=lambda *_: None)
+    assert res.epochs_done == 1 and not res.finished
+
+
+def test_nan_loss_stops_with_a_clear_message(tiny_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "nll_loss", lambda z, ld: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(FloatingPointError, match="smaller learning rate"):
+        training.train(_cfg(tiny_root, tmp_path), progress=False)
+
+
+def test_loss_decreases(tiny_root, tmp_path):
+    res = training.train(_cfg(tiny_root, tmp_path, epochs=5), progress=False)
+    losses = [h["loss"] for h in res.history]
+    assert losses[-1] < losses[0]
+
+
+def test_cli_train_evaluate_predict(tiny_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_root), "--category", "texture", "--backbone", "mobilenetv2",
+                 "--random-weights", "--input-size", "128", "--epochs", "2", "--batch-size", "4",
+                 "--flow-steps", "2", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out / "last.pt"), "--json", "--no-progress"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    for k in ("pixel_auroc", "image_auroc", "aupro", "miou_auto", "miou_oracle", "mean_z2_normal"):
+        assert 0.0 <= res[k] <= 1.0 or k == "mean_z2_normal"
+    assert res["epoch"] == 2
+    pred = tmp_path / "pred"
+    assert main(["predict", "--checkpoint", str(out / "last.pt"), "--input",
+                 str(tiny_root / "texture" / "test" / "good"), "--out", str(pred)]) == 0
+    assert sorted(p.name for p in pred.iterdir()) == ["000_anomaly.png", "000_nfa_mask.png",
+                                                       "001_anomaly.png", "001_nfa_mask.png"]
+
+
+def test_cli_reports_user_errors(tmp_path, capsys):
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "not found" in capsys.readouterr().err
