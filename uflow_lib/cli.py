@@ -96,6 +96,27 @@ def _add_make_dataset(sub) -> None:
     p.add_argument("--category", default="texture")
 
 
+def _add_reproduce(sub) -> None:
+    p = sub.add_parser("reproduce", help="train + evaluate many categories and write the paper's table",
+                       description="Train each category with the paper's settings (resumable), evaluate the last "
+                                   "epoch and write <out>/results.md and results.csv beside the paper's numbers.")
+    p.add_argument("--data", required=True, help="MVTec AD root (with --download: where to unpack it)")
+    p.add_argument("--out", required=True, help="output folder (one subfolder per category + the tables)")
+    p.add_argument("--categories", nargs="+", help="default: all 15 MVTec AD categories")
+    p.add_argument("--backbone", default="mcait", choices=sorted(DEFAULT_INPUT_SIZE))
+    p.add_argument("--weights", help="local backbone weights file")
+    p.add_argument("--random-weights", action="store_true", help="random backbone weights (tests only)")
+    p.add_argument("--epochs", type=int, help="override the paper's epochs for every category")
+    p.add_argument("--max-minutes", type=float, help="per category: stop at an epoch boundary after this long")
+    p.add_argument("--eval-every", type=int, default=0, help="also track best-on-test (reported separately)")
+    p.add_argument("--cache-dir", help="folder to cache backbone features")
+    p.add_argument("--download", action="store_true",
+                   help="download MVTec AD (4.9 GB, SHA-256 checked) into --data first, unless already there")
+    p.add_argument("--archive", help="an existing mvtec_anomaly_detection.tar.xz (e.g. on Google Drive) to unpack")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m uflow_lib",
@@ -103,11 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict,make-dataset}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{train,evaluate,predict,make-dataset,reproduce}")
     _add_train(sub)
     _add_evaluate(sub)
     _add_predict(sub)
     _add_make_dataset(sub)
+    _add_reproduce(sub)
     return parser
 
 
@@ -155,9 +178,26 @@ def _make_dataset(a) -> int:
     return 0
 
 
+def _reproduce(a) -> int:
+    from .data import MVTEC_CATEGORIES
+    from .reproduce import reproduce
+
+    categories = a.categories or list(MVTEC_CATEGORIES)
+    if a.download or a.archive:
+        from .download import download_mvtec
+
+        download_mvtec(a.data, archive=a.archive, categories=categories)
+    reproduce(a.data, a.out, categories, backbone=a.backbone, weights=a.weights, pretrained=not a.random_weights,
+              epochs=a.epochs, max_minutes=a.max_minutes, eval_every=a.eval_every, cache_dir=a.cache_dir,
+              device=a.device, progress=not a.no_progress)
+    print(f"tables written to {a.out}/results.md and results.csv")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": _train, "evaluate": _evaluate, "predict": _predict, "make-dataset": _make_dataset}
+    handlers = {"train": _train, "evaluate": _evaluate, "predict": _predict, "make-dataset": _make_dataset,
+                "reproduce": _reproduce}
     try:
         return handlers[args.command](args)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
