@@ -66,7 +66,7 @@ def main() -> int:
     m = rows["valid"]
     result = dict(
         command="python benchmarks/bench_bottle.py " + " ".join(sys.argv[1:]),
-        machine=f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU",
+        machine=f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}, CPU",
         date=time.strftime("%Y-%m-%d"), epochs=ckpt["epoch"], train_seconds=round(train_s, 1),
         wall_seconds=round(time.monotonic() - t0, 1), n_train=len(MVTecDataset(ROOT, "bottle", "train")),
         n_test=len(test), nfa_scales=args.nfa_scales, metrics_valid_bound=rows["valid"],
