@@ -89,6 +89,10 @@ def setup(seed: int = 0, verbose: bool = True) -> BookContext:
     if mode not in ("full", "ci"):
         raise ValueError(f"UFLOW_BOOK_MODE must be 'full' or 'ci', got {mode!r}")
     weights = default_weights_file("mobilenetv2")
+    if mode == "ci":
+        # one thread: identical numbers on every CPU machine (reduction order), and no thread thrashing on
+        # small models when the machine is shared
+        torch.set_num_threads(1)
     ctx = BookContext(mode, device, seed, generated_dataset(seed), "mobilenetv2", weights, find_mvtec_root())
     if verbose:
         print(f"mode: {mode} | device: {device.type} | MobileNetV2 weights: "
