@@ -71,7 +71,7 @@ def main() -> None:
         "# One training epoch: cached features vs features recomputed at every step",
         "",
         "Produced by `python benchmarks/bench_feature_cache.py` on "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
         f"{time.strftime('%Y-%m-%d')}. CPU only.",
         "",
         "| shapes | epoch, cached | epoch, recomputed | ratio | one-off extraction (cached run) |",
