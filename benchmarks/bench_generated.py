@@ -40,7 +40,7 @@ def main() -> None:
     text = "\n".join([
         "# Generated dataset, default CPU configuration (uflow_lib.config.ci_config)",
         "",
-        f"Produced by `python benchmarks/bench_generated.py` ({platform.machine()}, {os.cpu_count()} cores, "
+        f"Produced by `python benchmarks/bench_generated.py` ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}, CPU, {time.strftime('%Y-%m-%d')}). Backbone: MobileNetV2 "
         f"({'offline ImageNet weights' if weights else 'RANDOM weights: ../shared/weights not found'}), 256 px, "
         f"{res.epochs_done} epochs, last epoch.",
