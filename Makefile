@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: env book test test-lib clean
+.PHONY: env book test test-lib clean assignments
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,7 @@ test-lib: env
 
 clean:
 	rm -rf _build
+
+## Student copies and the answer key, generated from the solution chapters (CI checks they are current)
+assignments: env
+	$(BIN)/python -m uflow_lib.assignments generate --book book --out assignments
