@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: env book test test-lib clean assignments
+.PHONY: env book browser test test-lib clean assignments
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,15 @@ env: $(BIN)/.installed
 book: env
 	$(BIN)/jupyter-book build . -W --keep-going
 
-## Run every test: the library's tests and the chapters (nbval)
+## Debian's Chromium for the browser test (tests/test_rendered_book.py), installed when missing; Playwright
+## (pip, requirements.txt) drives it. Without it that test is skipped, or fails when CI=true.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo -n); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	} || echo "warning: could not install Debian's chromium (apt-get install -y chromium)" >&2
+
+## Run every test: the library's tests, the rendered book in a browser, and the chapters (nbval)
 test: env
 	$(BIN)/python -m pytest tests book --nbval --nbval-current-env --nbval-sanitize-with .ci/nbval_sanitize.cfg -q
 
