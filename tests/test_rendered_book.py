@@ -116,7 +116,7 @@ def book_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     out = tmp_path_factory.mktemp("book")
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     command = [str(jupyter_book if jupyter_book.exists() else "jupyter-book"), "build", str(REPO),
-               "--path-output", str(out), "--keep-going"]
+               "--path-output", str(out), "-W", "--keep-going"]  # warnings are defects
     run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     html = out / "_build" / "html"
     if run.returncode != 0 or not (html / f"{ROOT_PAGE}.html").is_file():
