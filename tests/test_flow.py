@@ -84,6 +84,7 @@ def test_permutations_are_seeded():
 @pytest.mark.parametrize("channels,sizes,match", [
     ([8, 16], [4, 4], "twice the size"),
     ([8], [], "equal length"),
+    ([8, 6], [4, 2], "at least 8"),
 ])
 def test_bad_scales_are_explained(channels, sizes, match):
     with pytest.raises(ValueError, match=match):

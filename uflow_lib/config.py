@@ -79,6 +79,13 @@ class TrainConfig:
     num_workers: int = 0
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # paths are stored as strings: checkpoints load with weights_only=True, which refuses pathlib objects
+        for name in ("data", "out", "weights", "cache_dir"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                setattr(self, name, str(value))
+
     def resolved(self) -> "TrainConfig":
         """A copy with every ``None`` default filled from the per-category table and the backbone."""
         from .model import default_norm

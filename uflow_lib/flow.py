@@ -110,9 +110,17 @@ def _check_scales(channels: Sequence[int], sizes: Sequence[int]) -> None:
                 f"each scale must be twice the size of the next coarser one (pixel-shuffle upsampling doubles "
                 f"the size); got sizes={list(sizes)}. Pick feature levels whose strides differ by 2."
             )
-    for i, c in enumerate(channels[1:], start=1):
-        if c < 2:
-            raise ValueError(f"scale {i} has {c} channels; a coupling block needs at least 2")
+    carried = 0
+    for i in range(len(channels) - 1, 0, -1):  # the stages that send channels up to a finer scale
+        v = channels[i] + carried
+        if _split_sizes(v)[0] == 0:
+            raise ValueError(
+                f"scale {i} has {v} channels at its stage; one that sends channels up to the finer scale needs at "
+                f"least 8 (it sends v//8*4 of them). Use feature levels with more channels."
+            )
+        carried = _split_sizes(v)[0] // 4
+    if channels[0] + carried < 2:
+        raise ValueError(f"the finest stage has {channels[0] + carried} channels; a coupling block needs at least 2")
 
 
 def build_uflow(
