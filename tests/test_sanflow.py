@@ -1,0 +1,301 @@
+"""SANFlow: parameter counts, fibre flows, IG formulas against scipy, losses and scores by hand, augmentation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, special, stats
+
+from uflow_lib.flow import count_trainable_parameters
+from uflow_lib.sanflow import (
+    SANFlow, SANFlowLossConfig, VarianceNet, expected_normal_log_likelihood, gaussian_log_likelihood, ig_kl,
+    ig_mode_variance, sample_at_grid, sanflow_anomaly_maps, sanflow_log_prob, sanflow_loss, sanflow_loss_terms,
+    synthesize_anomalies,
+)
+
+D = torch.float64
+
+
+def _fibre_flow_params(c: int, blocks: int = 8, pos: int = 128) -> int:
+    """By hand: d = ⌈c/2⌉ + pos; Linear d→2d, Linear 2d→2⌊c/2⌋, global affine scale and offset (2c)."""
+    d, out = c - c // 2 + pos, 2 * (c // 2)
+    return blocks * ((2 * d * d + 2 * d) + (2 * d * out + out) + 2 * c)
+
+
+def test_hand_counts_match_the_docstring_numbers():
+    assert [_fibre_flow_params(c) for c in (32, 96, 320)] == [408_576, 771_072, 2_813_952]
+    assert [_fibre_flow_params(c) for c in (512, 1024, 2048)] == [5_523_456, 17_074_176, 59_049_984]
+    assert sum(_fibre_flow_params(c, pos=512) for c in (512, 1024, 2048)) == 137_502_720
+    # variance net: 3→64 conv, 3 × (64→64 conv + BN), 64→2 conv, all 3×3 with bias
+    assert (27 * 64 + 64) + 3 * (576 * 64 + 64 + 128) + (576 * 2 + 2) == 114_114
+
+
+def test_mobilenetv2_parameter_counts_and_shapes():
+    model = SANFlow([32, 96, 320])
+    assert [count_trainable_parameters(f) for f in model.flows] == [408_576, 771_072, 2_813_952]
+    assert count_trainable_parameters(model.variance_net) == 114_114
+    assert count_trainable_parameters(model) == 3_993_600 + 114_114
+    x = [torch.randn(2, 32, 8, 8), torch.randn(2, 96, 4, 4), torch.randn(2, 320, 2, 2)]
+    z, log_det = model(x)
+    assert [t.shape for t in z] == [t.shape for t in x]
+    assert [tuple(t.shape) for t in log_det] == [(2, 8, 8), (2, 4, 4), (2, 2, 2)]
+
+
+@pytest.mark.parametrize("pos,total", [(128, 81_647_616), (512, 137_502_720)])
+def test_wrn50_parameter_counts_without_allocating(pos, total):
+    with torch.device("meta"):  # hard permutations: same count, no slow 2048-d random rotations
+        model = SANFlow([512, 1024, 2048], cond_channels=pos, permute_soft=False)
+    assert sum(count_trainable_parameters(f) for f in model.flows) == total
+
+
+def _perturbed_model(amount: float = 0.3, permute_soft: bool = False) -> SANFlow:
+    model = SANFlow([6], cond_channels=4, n_blocks=3, permute_soft=permute_soft).double()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.flows.parameters():
+            if p.requires_grad:
+                p.add_(amount * torch.randn(p.shape, generator=gen, dtype=D))
+    return model
+
+
+def test_fibre_log_det_matches_autograd_jacobian_and_round_trip():
+    model = _perturbed_model()
+    x = torch.randn(1, 6, 2, 3, dtype=D)
+    z, log_det = model.flow_layer(0, x)
+    for i, j in [(0, 0), (1, 2)]:  # each fibre with its own positional condition
+
+        def f(v: torch.Tensor) -> torch.Tensor:
+            y = x.clone()
+            y[0, :, i, j] = v
+            return model.flow_layer(0, y)[0][0, :, i, j]
+
+        _, expected = torch.linalg.slogdet(torch.autograd.functional.jacobian(f, x[0, :, i, j]))  # (6, 6)
+        assert abs(log_det[0, i, j].item() - expected.item()) < 1e-9 * max(1.0, abs(expected.item()))
+        assert abs(expected.item()) > 0.2  # not volume-preserving: the log-det is really tested
+    x_back, log_det_rev = model.flow_layer(0, z, rev=True)
+    torch.testing.assert_close(x_back, x, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(log_det_rev, -log_det)
+    assert not torch.allclose(log_det[0, 0, 0], log_det[0, 1, 2])  # the condition matters
+
+
+def test_soft_permutations_are_orthogonal_to_float32_precision():
+    # FrEIA 0.2 stores the random rotation in float32: orthogonal, and log-det-free, only to ~1e-7
+    model = _perturbed_model(permute_soft=True)
+    w = model.flows[0][0].w_perm.detach()  # (6, 6)
+    err = (w @ w.T - torch.eye(6, dtype=D)).abs().max().item()
+    assert 0 < err < 1e-6
+    x = torch.randn(1, 6, 2, 3, dtype=D)
+    z, log_det = model.flow_layer(0, x)
+
+    def f(v: torch.Tensor) -> torch.Tensor:
+        y = x.clone()
+        y[0, :, 1, 1] = v
+        return model.flow_layer(0, y)[0][0, :, 1, 1]
+
+    _, expected = torch.linalg.slogdet(torch.autograd.functional.jacobian(f, x[0, :, 1, 1]))
+    assert abs(log_det[0, 1, 1].item() - expected.item()) < 1e-5
+    torch.testing.assert_close(model.flow_layer(0, z, rev=True)[0], x, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("alpha,beta", [(3.0, 2.0), (59.5, 7.5), (80.0, 4.0), (1.5, 0.3)])
+def test_kl_matches_numerical_integration(alpha, beta):
+    q, p = stats.invgamma(alpha, scale=beta), stats.invgamma(59.5, scale=6.05)
+
+    def integrand(u: float) -> float:  # KL = ∫ q (log q - log p) dσ², integrated over u = log σ² (heavy tails)
+        v = math.exp(u)
+        return q.pdf(v) * v * (q.logpdf(v) - p.logpdf(v))
+
+    lo, hi = math.log(q.ppf(1e-15)), math.log(q.isf(1e-15))
+    expected, _ = integrate.quad(integrand, lo, hi, limit=500, points=[math.log(q.median())])
+    got = ig_kl(torch.tensor(math.log(alpha), dtype=D), torch.tensor(math.log(beta), dtype=D)).item()
+    assert got == pytest.approx(expected, rel=1e-6, abs=1e-8)
+
+
+def test_kl_is_nonnegative_and_zero_at_the_prior():
+    la, lb = torch.meshgrid(torch.linspace(-2, 8, 41, dtype=D), torch.linspace(-4, 6, 41, dtype=D), indexing="ij")
+    assert (ig_kl(la, lb) >= -1e-12).all()
+    assert ig_kl(torch.tensor(math.log(59.5), dtype=D), torch.tensor(math.log(6.05), dtype=D)).abs() < 1e-10
+
+
+def test_expected_log_likelihood_matches_monte_carlo():
+    alpha, beta = 4.0, 3.0
+    z = torch.tensor([[0.5, -1.5, 2.0]], dtype=D)  # one position, C = 3
+    var = stats.invgamma(alpha, scale=beta).rvs(400_000, random_state=np.random.default_rng(0))
+    samples = -1.5 * np.log(2 * np.pi * var) - float((z**2).sum()) / (2 * var)
+    got = expected_normal_log_likelihood(z, torch.tensor([math.log(alpha)], dtype=D),
+                                         torch.tensor([math.log(beta)], dtype=D)).item()
+    assert abs(got - samples.mean()) < 4 * samples.std() / math.sqrt(len(samples))
+    # the authors' coefficient C instead of C/2 changes only the log β - ψ(α) term
+    full = expected_normal_log_likelihood(z, torch.tensor([math.log(alpha)], dtype=D),
+                                          torch.tensor([math.log(beta)], dtype=D), log_beta_coefficient=3.0).item()
+    assert full - got == pytest.approx(-1.5 * (math.log(beta) - special.digamma(alpha)))
+
+
+def test_variance_net_shapes_start_at_prior_and_clamps():
+    net = VarianceNet()
+    log_a, log_b = net(torch.randn(2, 3, 16, 16))
+    assert log_a.shape == log_b.shape == (2, 1, 16, 16)
+    torch.testing.assert_close(ig_mode_variance(log_a, log_b), torch.full_like(log_a, 6.05 / 60.5))
+    with torch.no_grad():
+        net.out.bias.copy_(torch.tensor([100.0, 100.0]))
+    log_a, log_b = net(torch.randn(1, 3, 8, 8))
+    torch.testing.assert_close(log_a, torch.full_like(log_a, math.log(1e4)))  # log α clamped to [ln 1e-8, ln 1e4]
+    assert torch.all(ig_mode_variance(log_a, log_b) == 5.0)  # mode variance clamped to 5
+    with torch.no_grad():
+        net.out.bias.copy_(torch.tensor([-100.0, 0.0]))
+    torch.testing.assert_close(net(torch.randn(1, 3, 8, 8))[0], torch.full((1, 1, 8, 8), math.log(1e-8)))
+    lv = ig_mode_variance(torch.tensor([math.log(3.0)]), torch.tensor([math.log(2.0)]))
+    assert lv.item() == pytest.approx(0.5)  # β/(α+1)
+
+
+def _hand_terms(z, la, lb, m, coef_full=False, double_softmax=False):
+    """The loss terms written out with scipy, position by position."""
+    out = []
+    for zi, a, b, mi in zip(z, np.exp(la), np.exp(lb), m):
+        C = len(zi)
+        var = b / (a + 1)
+        k = C if coef_full else C / 2
+        e_log_pn = -C / 2 * np.log(2 * np.pi) - k * (np.log(b) - special.digamma(a)) - a / (2 * b) * np.sum(zi**2)
+        pn = np.prod(stats.norm.pdf(zi, 0.0, np.sqrt(var)))
+        pa = np.prod(stats.norm.pdf(zi, 1.0, np.sqrt(var)))
+        log_p = (1 - mi) * e_log_pn + mi * np.log(pa)
+        s = pn / (pn + pa)
+        if double_softmax:
+            probs = np.array([s, 1 - s])
+            ce = -np.log(np.exp(probs[int(mi)]) / np.exp(probs).sum())
+        else:
+            ce = -((1 - mi) * np.log(s) + mi * np.log(1 - s))
+        out.append((log_p, ce))
+    return np.array(out)
+
+
+def test_loss_by_hand_default_and_authors_form():
+    z = np.array([[0.5, -1.0], [1.2, 0.8], [0.1, 0.3]])
+    la, lb = np.log([3.0, 4.0, 59.5]), np.log([2.0, 0.5, 6.05])
+    m, log_det = np.array([0.0, 1.0, 0.0]), np.array([0.3, -0.2, 0.1])
+    kl = ig_kl(torch.tensor(la), torch.tensor(lb)).numpy()  # checked against quad above
+    t = lambda a: torch.tensor(a, dtype=D)  # noqa: E731
+    hand = _hand_terms(z, la, lb, m)
+    terms = sanflow_loss_terms(t(z), t(la), t(lb), t(m))
+    np.testing.assert_allclose(terms.log_p.numpy(), hand[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(terms.bce.numpy(), hand[:, 1], rtol=1e-10)
+    expected = np.mean((-(hand[:, 0] + log_det) + kl + 0.2 * hand[:, 1]) / 2)
+    assert sanflow_loss(t(z), t(log_det), t(la), t(lb), t(m)).item() == pytest.approx(expected, rel=1e-12)
+    # the authors' form: C on log β - ψ(α), cross-entropy on softmaxed values, -logsigmoid of the sum
+    hand = _hand_terms(z, la, lb, m, coef_full=True, double_softmax=True)
+    x = (hand[:, 0] + log_det - kl - 0.2 * hand[:, 1]) / 2
+    expected = np.mean(np.log1p(np.exp(-x)))
+    got = sanflow_loss(t(z), t(log_det), t(la), t(lb), t(m), SANFlowLossConfig.authors())
+    assert got.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_anomalous_branch_uses_detached_variance():
+    z = torch.randn(4, 3, dtype=D)
+    for m, should_have_grad in ((1.0, False), (0.0, True)):
+        lb = torch.zeros(4, dtype=D, requires_grad=True)
+        terms = sanflow_loss_terms(z, torch.zeros(4, dtype=D), lb, torch.full((4,), m, dtype=D))
+        (grad,) = torch.autograd.grad(terms.log_p.sum(), lb, allow_unused=True)
+        assert (grad is not None and grad.abs().sum() > 0) == should_have_grad
+
+
+def test_training_step_reaches_flows_and_variance_net():
+    torch.manual_seed(0)
+    model = SANFlow([8], cond_channels=4, n_blocks=2)
+    images, masks = synthesize_anomalies(torch.rand(2, 3, 32, 32), 0, p=1.0)
+    (z,), (log_det,) = model([torch.randn(2, 8, 4, 4)])
+    ((la, lb),) = model.statistics(images, [(4, 4)])
+    m = (sample_at_grid(masks, (4, 4)) > 0).float()[:, 0]  # (2, 4, 4)
+    fib = z.permute(0, 2, 3, 1).reshape(-1, 8)  # (32, 8)
+    loss = sanflow_loss(fib, log_det.flatten(), la.flatten(), lb.flatten(), m.flatten())
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.flows[0][0].subnet[0].weight.grad.abs().sum() > 0
+    assert model.variance_net.out.weight.grad.abs().sum() > 0
+
+
+def test_score_and_cflow_aggregation_by_hand():
+    z = torch.randn(2, 3, 2, 2, dtype=D)
+    log_det = torch.randn(2, 2, 2, dtype=D)
+    var = torch.rand(2, 2, 2, dtype=D) + 0.05
+    expected = (stats.norm.logpdf(z.numpy(), 0.0, np.sqrt(var.numpy())[:, None]).sum(axis=1) + log_det.numpy()) / 3
+    np.testing.assert_allclose(sanflow_log_prob(z, log_det, var).numpy(), expected, rtol=1e-12)
+    # two layers at the evaluation size: exp(lp - max over the set), summed; A = max - map
+    lp1 = torch.tensor([[[0.0, -1.0], [-2.0, -3.0]], [[-1.0, -1.0], [-1.0, -5.0]]], dtype=D) + 7.0
+    lp2 = torch.tensor([[[-1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, -2.0]]], dtype=D) - 4.0
+    maps, scores = sanflow_anomaly_maps([lp1, lp2], out_size=2)
+    q = np.exp(lp1.numpy() - 7.0) + np.exp(lp2.numpy() + 4.0)
+    np.testing.assert_allclose(maps[:, 0].numpy(), q.max() - q, rtol=1e-12)
+    np.testing.assert_allclose(scores.numpy(), (q.max() - q).reshape(2, -1).max(axis=1))
+    # corners-aligned bilinear upsampling: the centre of a 3×3 map is the mean of the 2×2 corners
+    maps3, _ = sanflow_anomaly_maps([lp1[:1]], out_size=3)
+    p = np.exp(lp1[0].numpy() - 7.0)
+    assert maps3[0, 0, 1, 1].item() == pytest.approx(1.0 - p.mean())
+
+
+# ------------------------------------------------------------------------------------------ synthetic anomalies
+
+
+def test_augmentation_is_deterministic_and_touches_only_the_mask():
+    images = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    a1, m1 = synthesize_anomalies(images, np.random.default_rng(3))
+    a2, m2 = synthesize_anomalies(images, 3)
+    a3, m3 = synthesize_anomalies(images, torch.Generator().manual_seed(5))
+    a4, _ = synthesize_anomalies(images, torch.Generator().manual_seed(5))
+    assert torch.equal(a1, a2) and torch.equal(m1, m2) and torch.equal(a3, a4)
+    assert not torch.equal(m1, synthesize_anomalies(images, 4)[1])
+    for aug, mask in ((a1, m1), (a3, m3)):
+        assert set(mask.unique().tolist()) <= {0.0, 1.0} and mask.shape == (8, 1, 64, 64)
+        changed = (aug != images).any(dim=1, keepdim=True)
+        assert not (changed & (mask == 0)).any()  # outside the mask: byte-identical
+        assert changed[mask == 1].float().mean() > 0.95  # inside: (almost) every pixel changed
+
+
+@pytest.mark.parametrize("kind", ["rectangle", "circle"])
+def test_blend_mask_is_exactly_where_the_source_shows(kind):
+    images, sources = torch.zeros(6, 3, 48, 48), torch.ones(1, 3, 48, 48)
+    aug, mask = synthesize_anomalies(images, 1, p=1.0, sources=sources, kinds=[kind])
+    assert torch.equal((aug > 0).all(dim=1, keepdim=True), mask == 1)
+    assert aug.max() <= 1.0 and (mask.flatten(1).sum(dim=1) > 0).all()
+    assert ((aug > 0) & (aug < 0.999)).any()  # soft edges: partial blends exist
+
+
+def test_scar_is_thin_and_from_the_same_image():
+    images = torch.rand(6, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+    aug, mask = synthesize_anomalies(images, 2, p=1.0, kinds=["scar"])
+    area = mask.flatten(1).sum(dim=1)
+    assert ((area >= 2 * 10 * 0.5) & (area <= 16 * 25 * 1.2)).all()  # width 2–16, length 10–25 at 256²
+
+
+def test_fraction_of_augmented_images():
+    _, masks = synthesize_anomalies(torch.rand(400, 3, 32, 32), 0)
+    frac = (masks.flatten(1).amax(dim=1) > 0).float().mean().item()
+    assert 0.68 < frac < 0.82  # p = 0.75, binomial sd ≈ 0.022
+    unchanged, none = synthesize_anomalies(torch.rand(4, 3, 32, 32), 0, p=0.0)
+    assert none.sum() == 0
+
+
+def test_mask_sampled_at_grid_points():
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[0, 0, 0, 0] = 1.0  # grid point (0, 0) of a 4×4 grid samples pixel (0, 0)
+    mask[0, 0, 3, 3] = 1.0  # ... pixel (3, 3) is between grid points 1 (pixel 2) and 2 (pixel 4): not sampled
+    m = sample_at_grid(mask, (4, 4))
+    assert m[0, 0, 0, 0] == 1.0 and m.sum() == 1.0
+
+
+def test_bad_input_is_explained():
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        synthesize_anomalies(torch.rand(3, 32, 32), 0)
+    with pytest.raises(ValueError, match="too small"):
+        synthesize_anomalies(torch.rand(1, 3, 6, 6), 0, p=1.0, kinds=["scar"])
+    with pytest.raises(TypeError, match="Generator"):
+        synthesize_anomalies(torch.rand(1, 3, 32, 32), 0.5)
+    with pytest.raises(ValueError, match="objective"):
+        SANFlowLossConfig(objective="mean")
+    with pytest.raises(ValueError, match=r"\(N, C\)"):
+        sanflow_loss(torch.randn(4, 3), torch.zeros(4), torch.zeros(4), torch.zeros(3), torch.zeros(4))
+    with pytest.raises(ValueError, match="expects"):
+        SANFlow([4], cond_channels=4, n_blocks=1)([torch.randn(1, 5, 2, 2)])
+    assert gaussian_log_likelihood(torch.zeros(1, 2), torch.ones(1)).item() == pytest.approx(-math.log(2 * math.pi))
