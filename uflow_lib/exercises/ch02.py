@@ -26,30 +26,12 @@ from scipy import stats
 from torch import nn
 
 from . import ExerciseFailed, passed, require
+from . import call_student as _call
+from . import require_function as _require_function
 
 __all__ = ["check_density_1d", "check_affine_log_density", "check_coupling_inverse", "check_clamp_bound",
            "coupling_forward"]
 
-
-def _require_function(fn: Any, name: str, signature: str) -> None:
-    require(callable(fn), f"expected your function `{name}`, got {fn!r} ({type(fn).__name__})",
-            f"define `def {name}{signature}: ...` in the cell above, run it, and pass the function itself "
-            f"(no parentheses) to the check.")
-
-
-def _call(fn: Callable, name: str, *args, hint: str = "run your function on the example of the exercise "
-          "statement first.", **kwargs) -> Any:
-    """Call the student's function, turning any exception into a helpful ExerciseFailed."""
-    try:
-        return fn(*args, **kwargs)
-    except ExerciseFailed:
-        raise
-    except NotImplementedError as err:
-        raise ExerciseFailed(f"`{name}` is not written yet (it raised NotImplementedError)\n"
-                             f"Hint: replace the `raise NotImplementedError` line with your solution.") from err
-    except Exception as err:  # noqa: BLE001 - any failure of the student's code is reported, not re-raised
-        raise ExerciseFailed(f"calling `{name}` raised {type(err).__name__}: {err}\n"
-                             f"Hint: {hint}") from err
 
 
 def _as_float_array(value: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:

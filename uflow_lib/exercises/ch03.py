@@ -18,31 +18,14 @@ import torch
 
 from ..flow import build_uflow, count_trainable_parameters
 from . import ExerciseFailed, passed, require
+from . import call_student as _call
+from . import require_function as _require_function
 
 __all__ = ["check_pixel_unshuffle", "check_latent_shapes", "check_uflow_parameters", "check_summed_loss_std"]
 
 #: The paper's configuration (MS-CaiT features, 4 steps): its trainable parameters, stated in the paper's code.
 MSCAIT_PARAMETERS = 12_216_480
 
-
-def _require_function(fn: Any, name: str, signature: str) -> None:
-    require(callable(fn), f"expected your function `{name}`, got {fn!r} ({type(fn).__name__})",
-            f"define `def {name}{signature}: ...` in the cell above, run it, and pass the function itself "
-            f"(no parentheses) to the check.")
-
-
-def _call(fn: Callable, name: str, *args, **kwargs) -> Any:
-    """Call the student's function, turning any exception into a helpful ExerciseFailed."""
-    try:
-        return fn(*args, **kwargs)
-    except ExerciseFailed:
-        raise
-    except NotImplementedError as err:
-        raise ExerciseFailed(f"`{name}` is not written yet (it raised NotImplementedError)\n"
-                             f"Hint: replace the `raise NotImplementedError` line with your solution.") from err
-    except Exception as err:  # noqa: BLE001 - any failure of the student's code is reported, not re-raised
-        raise ExerciseFailed(f"calling `{name}` raised {type(err).__name__}: {err}\n"
-                             f"Hint: run your function on the example of the exercise statement first.") from err
 
 
 def _graph_latent_shapes(channels: Sequence[int], sizes: Sequence[int]) -> list[tuple[int, int, int]]:
