@@ -1,0 +1,194 @@
+"""Chapter 4 exercise checks: they pass on correct answers and fail, with a useful hint, on wrong ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from skimage.measure import label as label_regions
+
+from uflow_lib.exercises import ExerciseFailed
+from uflow_lib.exercises.ch04 import (
+    AUROC_HAND_CASE,
+    check_auroc,
+    check_blur_maps,
+    check_iou,
+    check_pro_hand_case,
+    check_product_map,
+    pro_at_reference,
+    pro_hand_case,
+)
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------------ 4.1 product map
+def up(x, size):
+    return F.interpolate(x.double(), size=(size, size), mode="bilinear", align_corners=False)
+
+
+def product_map(latents, size=256):
+    return -sum(up(-0.5 * z.pow(2).mean(dim=1, keepdim=True), size) for z in latents)
+
+
+def test_product_map_golden_constant_latents():
+    # constant latents z = a on a scale give log p = -a²/2 everywhere, whatever the upsampling: S = Σ a²/2
+    latents = [torch.full((1, 44, 8, 8), 2.0), torch.full((1, 48, 4, 4), 3.0)]
+    torch.testing.assert_close(product_map(latents, 16), torch.full((1, 1, 16, 16), 2.0 + 4.5, dtype=torch.float64))
+
+
+def test_product_map_passes_on_solution(capsys):
+    check_product_map(product_map)
+    assert "Exercise 4.1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong,match", [
+    (lambda zs, size=256: product_map(zs, size) / len(zs), "do not average"),
+    (lambda zs, size=256: -product_map(zs, size), "mind the sign"),
+    (lambda zs, size=256: -sum(up(-0.5 * z.pow(2).sum(1, keepdim=True), size) for z in zs), "not the sum"),
+    (lambda zs, size=256: -sum(torch.log(up((-0.5 * z.pow(2).mean(1, keepdim=True)).exp(), size)) for z in zs),
+     "inf/NaN"),  # exp underflows on the strong defect, log(0) = -inf
+    (lambda zs, size=256: product_map(zs, size)[:, 0], "expected"),
+    (None, "define `def product_map"),
+    (stub, "not written yet"),
+])
+def test_product_map_fails_helpfully(wrong, match):
+    with pytest.raises(ExerciseFailed, match=match):
+        check_product_map(wrong)
+
+
+# ---------------------------------------------------------------------------------------------- 4.2 AUROC
+def auroc(scores, labels):
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], labels[order]
+    tpr = np.cumsum(y) / y.sum()
+    fpr = np.cumsum(1 - y) / (1 - y).sum()
+    last = np.r_[s[1:] != s[:-1], True]
+    return float(np.trapezoid(np.r_[0, tpr[last]], np.r_[0, fpr[last]]))
+
+
+def auroc_no_ties(scores, labels):  # one point per pixel: a tied pair counts 0 or 1 depending on the order
+    order = np.argsort(-scores, kind="stable")
+    y = labels[order]
+    return float(np.trapezoid(np.r_[0, np.cumsum(y) / y.sum()], np.r_[0, np.cumsum(1 - y) / (1 - y).sum()]))
+
+
+def test_auroc_hand_case_is_three_quarters():
+    scores, labels, want = AUROC_HAND_CASE
+    assert auroc(scores, labels) == pytest.approx(want)
+
+
+def auroc_pairs(scores, labels):  # the Mann-Whitney form asked in the chapter
+    pos, neg = scores[labels == 1][:, None], scores[labels == 0][None, :]
+    return float(((pos > neg) + 0.5 * (pos == neg)).mean())
+
+
+@pytest.mark.parametrize("solution", [auroc, auroc_pairs])
+def test_auroc_passes_on_solution(solution, capsys):
+    check_auroc(solution)
+    assert "Exercise 4.2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong,match", [
+    (lambda s, y: 1 - auroc(s, y), "reversed"),
+    (lambda s, y: float(((s[y == 1][:, None] > s[y == 0][None, :])).mean()), "ties"),
+    (auroc_no_ties, "sklearn's roc_auc_score gives"),
+    (lambda s, y: "0.75", "expected the area"),
+    (None, "define `def auroc"),
+    (stub, "not written yet"),
+])
+def test_auroc_fails_helpfully(wrong, match):
+    with pytest.raises(ExerciseFailed, match=match):
+        check_auroc(wrong)
+
+
+# ------------------------------------------------------------------------------------------------ 4.3 PRO
+def pro_at(maps, masks, t):  # from scratch, independent of uflow_lib.metrics.pro_curve
+    pred, masks = maps >= t, masks.astype(bool)
+    fpr = (pred & ~masks).sum() / (~masks).sum()
+    shares = []
+    for p, m in zip(pred, masks):
+        lab = label_regions(m, connectivity=2)
+        shares += [p[lab == k].mean() for k in range(1, lab.max() + 1)]
+    return float(fpr), float(np.mean(shares))
+
+
+def test_pro_hand_case_golden():
+    maps, masks, t = pro_hand_case()
+    fpr, pro = pro_at_reference(maps, masks, t)
+    assert pro == pytest.approx((1 + 4 / 16) / 2)  # 0.625, while the pixel recall is 8/20
+    assert fpr == pytest.approx(2 / 44)
+    assert pro_at(maps, masks, t) == pytest.approx((fpr, pro))
+
+
+def test_pro_reference_agrees_with_from_scratch_on_random_maps():
+    rng = np.random.default_rng(0)
+    masks = (rng.random((2, 12, 12)) < 0.15).astype(np.uint8)
+    maps = np.round(rng.random((2, 12, 12)) + masks, 1)  # ties
+    for t in np.quantile(maps, [0.2, 0.5, 0.9]):
+        assert pro_at_reference(maps, masks, t) == pytest.approx(pro_at(maps, masks, t))
+
+
+def test_pro_hand_case_passes(capsys):
+    check_pro_hand_case((2 / 44, 5 / 8))
+    assert "Exercise 4.3" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong,match", [
+    ((2 / 44, 8 / 20), "pixel recall"),
+    ((2 / 64, 5 / 8), "normal"),
+    ((2 / 44, 0.5), "PRO = 0.5 is not right"),
+    (0.625, "expected answer = \\(fpr, pro\\)"),
+    (None, "expected answer"),
+    (("a", "b"), "expected a number"),
+])
+def test_pro_hand_case_fails_helpfully(wrong, match):
+    with pytest.raises(ExerciseFailed, match=match):
+        check_pro_hand_case(wrong)
+
+
+# ------------------------------------------------------------------------------------------------ 4.4 IoU
+def iou(pred, gt, eps=1e-6):
+    return float(((pred & gt).sum() + eps) / ((pred | gt).sum() + eps))
+
+
+def test_iou_passes_on_solution(capsys):
+    check_iou(iou)
+    assert "Exercise 4.4" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong,match", [
+    (lambda p, g, eps=1e-6: float((p & g).sum() / max((p | g).sum(), 1)), "0/0"),
+    (lambda p, g, eps=1e-6: float((p & g).sum() / ((p | g).sum() + eps)), "0/0"),
+    (lambda p, g, eps=1e-6: float(((p & g).sum() + eps) / (p.sum() + g.sum() + eps)), "expected"),
+    (None, "define `def iou"),
+])
+def test_iou_fails_helpfully(wrong, match):
+    with pytest.raises(ExerciseFailed, match=match):
+        check_iou(wrong)
+
+
+# ----------------------------------------------------------------------------------------------- 4.5 blur
+def blur_maps(maps, sigma):
+    return np.stack([ndimage.gaussian_filter(m, sigma) for m in maps])
+
+
+def test_blur_passes_on_solution(capsys):
+    check_blur_maps(blur_maps)
+    assert "Exercise 4.5" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong,match", [
+    (lambda maps, sigma: ndimage.gaussian_filter(maps, sigma), "across the image axis"),
+    (lambda maps, sigma: maps, "unchanged"),
+    (lambda maps, sigma: ndimage.gaussian_filter(maps[0], sigma), "expected an array of shape"),
+    (lambda maps, sigma: torch.from_numpy(blur_maps(maps, 2 * sigma)), "differs from the reference"),
+    (stub, "not written yet"),
+])
+def test_blur_fails_helpfully(wrong, match):
+    with pytest.raises(ExerciseFailed, match=match):
+        check_blur_maps(wrong)
