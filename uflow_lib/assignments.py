@@ -70,15 +70,18 @@ def _stub_source(source: str, name: str) -> str:
     return "\n".join(out)
 
 
-def _exercises(nb) -> list[tuple[str, int, int, int]]:
-    """(name, statement cell, solution cell, check cell) indices, in order."""
+def _exercises(nb, strict: bool = True) -> list[tuple[str, int, int, int]]:
+    """(name, statement cell, solution cell, check cell) indices, in order.
+
+    ``strict``: solution cells must hold the markers (a solution notebook); ``False`` for student copies.
+    """
     found, name, statement = [], None, None
     solution = None
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "markdown" and _EXERCISE.search(cell.source):
             name, statement, solution = exercise_name(cell.source), i, None
         elif cell.cell_type == "code" and "solution" in _tags(cell):
-            if BEGIN not in cell.source:
+            if strict and BEGIN not in cell.source:
                 raise ValueError(f"cell {i} is tagged 'solution' but has no '{BEGIN}' marker")
             solution = i
         elif cell.cell_type == "code" and "check" in _tags(cell):
@@ -158,10 +161,13 @@ def grade_notebook(path: str | Path, timeout: int = 1200, cwd: str | Path | None
 
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=timeout, allow_errors=True, kernel_name="python3",
-                   resources={"metadata": {"path": str(cwd or path.parent)}}).execute()
+    client = NotebookClient(nb, timeout=timeout, allow_errors=True, kernel_name="python3",
+                            resources={"metadata": {"path": str(cwd or path.parent)}})
+    # no widget output capture: nbclient's handler for `interact` widgets can stall execution until the timeout
+    client.comm_open_handlers = {}
+    client.execute()
     results = []
-    for name, _, _, check in _exercises(nb):
+    for name, _, _, check in _exercises(nb, strict=False):
         errors = [o for o in nb.cells[check].get("outputs", []) if o.get("output_type") == "error"]
         results.append(ExerciseResult(path.name, name, not errors, _output_text(nb.cells[check])))
     return results
