@@ -56,7 +56,8 @@ __all__ = [
     "count_regions",
 ]
 
-#: asymptotic polyomino counts: about α β^r / r connected 4-regions of r pixels contain a given pixel
+#: A(r) ≈ α β^r / r fixed polyominoes (connected 4-regions up to translation) of r cells (Jensen & Guttmann
+#: 2000); N_T places each of them at every position
 POLYOMINO_ALPHA, POLYOMINO_BETA = 0.316915, 4.062570
 _BOUNDS = ("valid", "paper")
 _MOSAIC_PIXELS = 32_768  # max_tree is called on mosaics of this many pixels at most (its cost grows faster)
