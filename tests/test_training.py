@@ -129,3 +129,16 @@ def test_paper_table_means():
 
     cols = list(zip(*PAPER_RESULTS.values()))
     assert [round(sum(c) / 15, 2 if i < 2 else 4) for i, c in enumerate(cols)] == [98.74, 95.19, 0.5408, 0.5453]
+
+
+def test_a_finished_run_returns_without_work(tiny_root, tmp_path, monkeypatch):
+    first = training.train(_cfg(tiny_root, tmp_path, epochs=2), progress=False)
+
+    def no_backbone(cfg):
+        raise AssertionError("a finished run must not build the backbone or extract features again")
+
+    monkeypatch.setattr(training, "build_extractor_for", no_backbone)
+    again = training.train(_cfg(tiny_root, tmp_path, epochs=2), progress=False)
+    assert again.finished and again.epochs_done == 2 and again.history == first.history
+    with pytest.raises(AssertionError, match="must not build"):  # more epochs asked: work left, so it trains
+        training.train(_cfg(tiny_root, tmp_path, epochs=3), progress=False)

@@ -40,11 +40,24 @@ def _batches(n: int, batch_size: int, seed: int) -> list[torch.Tensor]:
     return list(torch.randperm(n, generator=g).split(batch_size))
 
 
+def _completed(last: Path, cfg: TrainConfig) -> TrainResult | None:
+    """The result of a finished run of the same architecture in ``last``, or None if there is work left."""
+    if not last.is_file():
+        return None
+    ckpt = load_checkpoint(last)
+    if TrainConfig.from_dict(ckpt["config"]).architecture() != cfg.architecture() or ckpt["epoch"] < cfg.epochs:
+        return None
+    return TrainResult(last, ckpt["epoch"], True, ckpt["history"], ckpt.get("best_on_test"))
+
+
 def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
     """Train (or resume) U-Flow as ``cfg`` says. See module docstring."""
     cfg = cfg.resolved()
     out = Path(cfg.out)
     last = out / "last.pt"
+    done = _completed(last, cfg)
+    if done is not None:  # nothing left to train: no backbone, no features
+        return done
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     if device.type == "cpu" and cfg.backbone == "mcait":
