@@ -2,9 +2,16 @@
 
 Per image, for the MS-CaiT latent shapes ([816×28×28, 192×14×14]) and the MobileNetV2 ones ([44×32×32,
 48×16×16]); every ratio is measured in this one run, and the outputs are checked to agree before timing.
-Two timings per method: end to end (``tree_nfa`` / ``block_nfa``: −log10 NFA at 256×256, upsampling included,
-which both sides do with the same torch call) and the core (per-scale log10 P maps at latent resolution).
-The fast side is timed on a batch (the way evaluation calls it) and image by image.
+Two timings per method: end to end (``tree_nfa`` / ``block_nfa``: −log10 NFA at 256×256, upsampling included)
+and the core (per-scale log10 P maps at latent resolution). The fast side is timed on a batch (the way
+evaluation calls it) and image by image; everything with torch using every CPU, then one thread.
+
+Upsampling differs between the sides: the reference calls ``F.interpolate`` per scale (bilinear for the tree,
+bicubic for the block NFA, ``align_corners=False``), then takes the minimum / sum over scales and adds
+log10 N_T; the fast side applies the same linear maps as matrix products ``U_h X U_wᵀ`` with torch's own
+interpolation weights (built once by ``F.interpolate`` on unit vectors; tests/test_nfa.py checks equality with
+``F.interpolate``), the banded ``U_h`` by blocks of output rows, with the maximum over scales (tree) taken
+block by block, and the sum over scales and log10 N_T (block) inside one product.
 
 Run from the repository root::
 
@@ -103,7 +110,8 @@ def main():
     load_before = os.getloadavg()
     default_threads = torch.get_num_threads()
     table = []
-    for threads in (default_threads, 1):
+    # torch threads: every CPU (whatever OMP_NUM_THREADS says), then 1; numpy's BLAS follows OMP_NUM_THREADS
+    for threads in sorted({max(default_threads, os.cpu_count() or 1), 1}, reverse=True):
         torch.set_num_threads(threads)
         for name, shapes in SHAPES.items():
             for row in bench(name, shapes, args.batch, args.ref_images, args.repeat):
@@ -127,6 +135,8 @@ def main():
         label = " + ".join(f"{h}×{w}" for h, w in sizes)
         n_tests.append(f"| {label} | {nfa.log10_num_tests_tree(sizes):.2f} | {nfa.log10_num_tests_block(sizes):.2f} |")
 
+    max_tree_path = ("skimage's compiled core, maps framed by unvisited pixels" if nfa._skimage_max_tree_core
+                     is not None else "public skimage max_tree on a mosaic (fallback)")
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     report = "\n".join([
@@ -142,9 +152,13 @@ def main():
         "Latents: i.i.d. N(0, 1) float32, a 4×4 patch +2 at the fine scale of every other image. Times are CPU",
         "milliseconds of this process per image (best of the repeats; the reference one image at a time, best of",
         "2), because on a shared machine wall time mostly measures the other processes; the last column gives the",
-        "wall-clock ratio of the same runs. End to end = −log10 NFA at 256×256 (both sides upsample with the same",
-        "torch call); core = per-scale log10 P maps at latent resolution. The outputs were checked to agree",
-        "before timing (tree 1e-9, block 1e-6).",
+        "wall-clock ratio of the same runs. End to end = −log10 NFA at 256×256; core = per-scale log10 P maps at",
+        "latent resolution. Upsampling: the reference calls `F.interpolate` per scale (bilinear for the tree NFA,",
+        "bicubic for the block NFA); the fast side multiplies by matrices holding torch's own interpolation weights",
+        "(`U_h X U_wᵀ`, banded `U_h` by blocks of output rows; max over scales block by block for the tree NFA, the",
+        "sum over scales in one product for the block NFA). torch threads: every CPU, then 1 (OMP_NUM_THREADS",
+        f"{os.environ.get('OMP_NUM_THREADS', 'unset')}). Max-tree of the fast side: {max_tree_path}.",
+        "The outputs were checked to agree before timing (tree 1e-9, block 1e-6).",
         "",
         *lines,
         "",

@@ -71,3 +71,13 @@ def test_wrong_image_shape_is_explained():
     ext = build_extractor("resnet18", pretrained=False)
     with pytest.raises(ValueError, match=r"\(B, 3, S, S\)"):
         ext(torch.rand(1, 1, 64, 64))
+
+
+def test_out_indices_choose_the_stages_and_are_checked():
+    ext = build_extractor("mobilenetv2", pretrained=False, out_indices=(1, 2, 3))
+    assert (ext.channels, ext.strides) == ([24, 32, 96], [4, 8, 16])
+    for bad in ((3, 2), (2, 5), ()):
+        with pytest.raises(ValueError, match="out_indices"):
+            build_extractor("mobilenetv2", pretrained=False, out_indices=bad)
+    with pytest.raises(ValueError, match="CNN backbones only"):
+        build_extractor("mcait", pretrained=False, out_indices=(1,))

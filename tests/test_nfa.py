@@ -10,9 +10,11 @@ import torch
 import torch.nn.functional as F
 from numpy.testing import assert_allclose
 from scipy import stats
+from skimage.morphology import max_tree
 
 import nfa_reference as ref
 from uflow_lib import nfa
+from uflow_lib.upsampling import upsample_combine
 
 MS_CAIT = [(816, 28), (192, 14)]  # (C, side) fine → coarse
 RESNET18 = [(84, 64), (80, 32), (128, 16)]
@@ -160,7 +162,7 @@ def test_tree_batch_and_mosaic_chunks_do_not_matter(monkeypatch):
     latents = _case(5)
     whole = nfa.tree_log10_prob_maps(latents)
     one_by_one = [nfa.tree_log10_prob_maps([z[b:b + 1] for z in latents]) for b in range(2)]
-    monkeypatch.setattr(nfa, "_MOSAIC_PIXELS", 300)  # one tile per max_tree call
+    monkeypatch.setattr(nfa, "_MOSAIC_PIXELS", 300)  # one image (both scales) per max_tree call
     chunked = nfa.tree_log10_prob_maps(latents)
     monkeypatch.setattr(nfa, "_FOREST_PIXELS", 10)  # one image per forest
     grouped = nfa.tree_log10_prob_maps(latents)
@@ -168,6 +170,42 @@ def test_tree_batch_and_mosaic_chunks_do_not_matter(monkeypatch):
         assert_allclose(chunked[s], whole[s], rtol=0, atol=0)
         assert_allclose(grouped[s], whole[s], rtol=0, atol=0)
         assert_allclose(np.concatenate([o[s] for o in one_by_one]), whole[s], rtol=0, atol=0)
+
+
+def test_max_tree_layout_matches_public_max_tree(monkeypatch):
+    """The compiled core on the layout with unvisited separators builds the same trees as public max_tree."""
+    rng = np.random.default_rng(5)
+    maps = [rng.random((3, 7, 9)), rng.random((3, 4, 3))]  # distinct values: the canonical pixels are unique
+    parent = nfa._max_tree_forest(maps)
+    start = 0
+    for m in maps:
+        for b in range(m.shape[0]):
+            want = max_tree(m[b], connectivity=1)[0].ravel() + start
+            np.testing.assert_array_equal(parent[start:start + m[b].size], want)
+            start += m[b].size
+    # the public fallback (separators visited at −1, trees cut below them) gives the same detections, ties included
+    fast = [nfa.tree_log10_prob_maps(_case(i), bound) for i in (1, 5, 10) for bound in ("valid", "paper")]
+    monkeypatch.setattr(nfa, "_skimage_max_tree_core", None)
+    assert nfa._max_tree_forest(maps).tolist() == parent.tolist()
+    slow = [nfa.tree_log10_prob_maps(_case(i), bound) for i in (1, 5, 10) for bound in ("valid", "paper")]
+    for got, want in zip(fast, slow):
+        for g, w in zip(got, want):
+            assert_allclose(g, w, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+def test_upsample_as_matrix_product_equals_f_interpolate(mode, dtype, tol):
+    """The library upsamples with (banded) matrix products built from F.interpolate, for speed: equal to it."""
+    g = torch.Generator().manual_seed(3)
+    for sizes, out in [([(28, 28), (14, 14)], 256), ([(32, 16), (16, 8), (1, 5)], 64), ([(6, 6)], 4), ([(3, 3)], 3),
+                       ([(40, 40)], 17)]:  # (h, w) per scale; the last one downsamples
+        maps = [-10 * torch.rand(2, h, w, generator=g, dtype=dtype) for h, w in sizes]  # (B, h, w), like log10 P
+        ups = [F.interpolate(x[:, None], size=(out, out), mode=mode, align_corners=False) for x in maps]
+        for reduce, want in [("sum", -476.9 + sum(ups)), ("max", -476.9 + torch.stack(ups).amax(dim=0))]:
+            got = upsample_combine([x.numpy() for x in maps], out, mode, -476.9, reduce)
+            assert got.shape == want.shape == (2, 1, out, out) and got.dtype == want.numpy().dtype
+            assert_allclose(got, want.numpy(), rtol=tol, atol=tol)
 
 
 def test_tree_scales_select_maps_and_number_of_tests():

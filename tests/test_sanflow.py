@@ -299,3 +299,10 @@ def test_bad_input_is_explained():
     with pytest.raises(ValueError, match="expects"):
         SANFlow([4], cond_channels=4, n_blocks=1)([torch.randn(1, 5, 2, 2)])
     assert gaussian_log_likelihood(torch.zeros(1, 2), torch.ones(1)).item() == pytest.approx(-math.log(2 * math.pi))
+
+
+def test_soft_permutations_only_up_to_1024_channels_by_default():
+    model = SANFlow([6, 1030], cond_channels=4, n_blocks=1)
+    narrow, wide = (flow.module_list[0].w_perm.detach().flatten() for flow in model.flows)
+    assert not set(narrow.unique().tolist()) <= {0.0, 1.0}  # a random rotation (CFLOW-AD's)
+    assert set(wide.unique().tolist()) == {0.0, 1.0}  # a hard permutation: scipy's O(C³) draw skipped

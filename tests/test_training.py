@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from uflow_lib import training
+from uflow_lib import methods, training
 from uflow_lib.cli import main
 from uflow_lib.config import CATEGORY_SETTINGS, TrainConfig
 from uflow_lib.evaluation import evaluate_checkpoint
@@ -63,7 +63,7 @@ def test_max_minutes_stops_at_an_epoch_boundary(tiny_root, tmp_path):
 
 
 def test_nan_loss_stops_with_a_clear_message(tiny_root, tmp_path, monkeypatch):
-    monkeypatch.setattr(training, "nll_loss", lambda z, ld: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(methods, "nll_loss", lambda z, ld: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(FloatingPointError, match="smaller learning rate"):
         training.train(_cfg(tiny_root, tmp_path), progress=False)
 

@@ -10,7 +10,6 @@ import torch
 
 from .config import TrainConfig
 from .features import FeatureExtractor, build_extractor
-from .model import UFlow
 
 __all__ = ["seed_everything", "pick_device", "build_extractor_for", "build_model", "save_checkpoint",
            "load_checkpoint", "load_trained"]
@@ -31,15 +30,23 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def build_extractor_for(cfg: TrainConfig) -> FeatureExtractor:
-    """The frozen extractor a config names."""
-    return build_extractor(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.weights)
+    """The frozen extractor a config names, with the backbone stages its method reads."""
+    from .methods import get_method
+
+    indices = get_method(cfg.method).out_indices(cfg.backbone)
+    return build_extractor(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.weights, out_indices=indices)
 
 
-def build_model(cfg: TrainConfig, extractor: FeatureExtractor) -> UFlow:
-    """A fresh :class:`~uflow_lib.model.UFlow` for the extractor's feature shapes at ``cfg.input_size``."""
+def build_model(cfg: TrainConfig, extractor: FeatureExtractor) -> torch.nn.Module:
+    """A fresh model of ``cfg.method`` (e.g. :class:`~uflow_lib.model.UFlow`) for the extractor's features at
+    ``cfg.input_size``, after the method's :meth:`~uflow_lib.methods.FlowMethod.prepare` (e.g. MSFlow's pooling)."""
+    from .methods import get_method
+
     cfg = cfg.resolved()
-    torch.manual_seed(cfg.seed)
-    return UFlow(extractor.channels, extractor.feature_sizes(cfg.input_size), cfg.flow_steps, cfg.norm, cfg.seed)
+    method = get_method(cfg.method)
+    raw = [torch.zeros(1, c, s, s) for c, s in zip(extractor.channels, extractor.feature_sizes(cfg.input_size))]
+    sizes = [f.shape[-1] for f in method.prepare(raw)]  # spatial size of each prepared map
+    return method.build(cfg, extractor.channels, sizes)
 
 
 def save_checkpoint(path: str | Path, **content) -> None:
@@ -60,7 +67,7 @@ def load_checkpoint(path: str | Path) -> dict:
 
 def load_trained(
     path: str | Path, device: str | torch.device = "cpu", weights: str | None = None
-) -> tuple[TrainConfig, FeatureExtractor, UFlow, dict]:
+) -> tuple[TrainConfig, FeatureExtractor, torch.nn.Module, dict]:
     """Load a checkpoint → ``(config, extractor, model, checkpoint dict)``, both modules on ``device``, eval mode.
 
     ``weights`` overrides the saved weights file path (e.g. the checkpoint was made on another machine).

@@ -1,4 +1,8 @@
-"""Command line: ``python -m uflow_lib {train,evaluate,predict,make-dataset}``. Run with ``--help`` for details."""
+"""Command line: ``python -m uflow_lib {train,evaluate,predict,make-dataset,reproduce}``; ``--help`` for details.
+
+``train`` and ``reproduce`` take ``--method uflow|msflow|sanflow``; ``evaluate`` and ``predict`` read the method
+from the checkpoint (``--method`` there only checks it).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from .config import DEFAULT_INPUT_SIZE, TrainConfig
+from .config import DEFAULT_INPUT_SIZE, METHODS, TrainConfig
 
 __all__ = ["main", "build_parser"]
 
@@ -20,6 +24,10 @@ examples:
   python -m uflow_lib evaluate --checkpoint runs/texture/last.pt --json
   python -m uflow_lib predict --checkpoint runs/texture/last.pt --input some/image.png --out predictions/
 
+  # the same data with MSFlow or SANFlow (book chapter 7; CNN backbones only)
+  python -m uflow_lib train --method msflow --data data/generated --category texture --backbone mobilenetv2 \
+      --weights ../shared/weights/mobilenetv2_100_imagenet_from_tflite.pth --epochs 30 --lr 1e-3 --out runs/msflow
+
   # the paper's setting on a GPU (MS-CaiT weights download from the Hugging Face hub)
   python -m uflow_lib train --data mvtec_ad --category bottle --backbone mcait --out runs/bottle
 """
@@ -28,11 +36,14 @@ examples:
 def _add_train(sub) -> None:
     p = sub.add_parser(
         "train",
-        help="train U-Flow on the normal images of one category (resumable)",
+        help="train U-Flow (or MSFlow, SANFlow) on the normal images of one category (resumable)",
         description="Train U-Flow on <data>/<category>/train/good. Writes <out>/last.pt after every epoch; "
         "running the same command again resumes from it. Unset epochs/batch/lr come from the paper's "
-        "per-category table (uflow_lib.config.CATEGORY_SETTINGS).",
+        "per-category table (uflow_lib.config.CATEGORY_SETTINGS), or for --method msflow/sanflow from their "
+        "own recipes (uflow_lib.config.METHOD_SETTINGS).",
     )
+    p.add_argument("--method", default="uflow", choices=METHODS,
+                   help="flow method (default: uflow, the paper; msflow and sanflow need a CNN backbone)")
     p.add_argument("--data", required=True, help="MVTec-layout root folder (contains <category>/train/good)")
     p.add_argument("--category", required=True, help="category folder name, e.g. bottle")
     p.add_argument("--backbone", default="mcait", choices=sorted(DEFAULT_INPUT_SIZE),
@@ -44,9 +55,11 @@ def _add_train(sub) -> None:
     p.add_argument("--batch-size", type=int, help="batch size (default: the paper's table)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default: the paper's table)")
     p.add_argument("--input-size", type=int, help="image side in pixels (default: 448 for mcait, 256 otherwise)")
-    p.add_argument("--flow-steps", type=int, default=4, help="coupling blocks per flow stage (default: 4)")
+    p.add_argument("--flow-steps", type=int, default=4, help="U-Flow: coupling blocks per flow stage (default: 4)")
+    p.add_argument("--variance-size", type=int, default=128,
+                   help="SANFlow: image side the variance network sees (0 = the full input; default 128)")
     p.add_argument("--norm", choices=["standardize", "layernorm", "layernorm_noaffine", "identity"],
-                   help="feature normalisation (default: standardize for CNNs, identity for mcait)")
+                   help="U-Flow: feature normalisation (default: standardize for CNNs, identity for mcait)")
     p.add_argument("--max-minutes", type=float, help="stop cleanly at an epoch boundary after this many minutes")
     p.add_argument("--eval-every", type=int, default=0,
                    help="evaluate on the test set every N epochs and keep best_on_test.pt (labelled: NOT the "
@@ -63,6 +76,7 @@ def _add_evaluate(sub) -> None:
                        description="Evaluate a checkpoint at 256×256: pixel/image AUROC, AUPRO, mIoU of the "
                                    "automatic NFA threshold and of the oracle threshold, mean z² of normal images.")
     p.add_argument("--checkpoint", required=True, help="a last.pt written by train")
+    p.add_argument("--method", choices=METHODS, help="check that the checkpoint is of this method (it knows its own)")
     p.add_argument("--data", help="MVTec-layout root (default: the one used for training)")
     p.add_argument("--category", help="category (default: the one used for training)")
     p.add_argument("--weights", help="backbone weights file, if it moved since training")
@@ -77,9 +91,11 @@ def _add_evaluate(sub) -> None:
 
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="anomaly map and NFA mask PNGs for an image or a folder",
-                       description="Write <stem>_anomaly.png (the likelihood map A in [0, 1] as gray levels) and "
-                                   "<stem>_nfa_mask.png (automatic a contrario segmentation) for each image.")
+                       description="Write <stem>_anomaly.png (the method's score map as gray levels, one scale "
+                                   "for all the given images) and <stem>_nfa_mask.png (automatic a contrario "
+                                   "segmentation) for each image.")
     p.add_argument("--checkpoint", required=True)
+    p.add_argument("--method", choices=METHODS, help="check that the checkpoint is of this method (it knows its own)")
     p.add_argument("--input", required=True, help="an image file or a folder of images")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--weights", help="backbone weights file, if it moved since training")
@@ -103,6 +119,8 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--data", required=True, help="MVTec AD root (with --download: where to unpack it)")
     p.add_argument("--out", required=True, help="output folder (one subfolder per category + the tables)")
     p.add_argument("--categories", nargs="+", help="default: all 15 MVTec AD categories")
+    p.add_argument("--method", default="uflow", choices=METHODS,
+                   help="flow method (default: uflow; msflow/sanflow use their own recipes and a CNN backbone)")
     p.add_argument("--backbone", default="mcait", choices=sorted(DEFAULT_INPUT_SIZE))
     p.add_argument("--weights", help="local backbone weights file")
     p.add_argument("--random-weights", action="store_true", help="random backbone weights (tests only)")
@@ -138,7 +156,8 @@ def _train(a) -> int:
     from .training import train
 
     cfg = TrainConfig(
-        data=a.data, category=a.category, out=a.out, backbone=a.backbone, weights=a.weights,
+        data=a.data, category=a.category, out=a.out, method=a.method, variance_size=a.variance_size,
+        backbone=a.backbone, weights=a.weights,
         pretrained=not a.random_weights, input_size=a.input_size, epochs=a.epochs, batch_size=a.batch_size,
         lr=a.lr, flow_steps=a.flow_steps, norm=a.norm, seed=a.seed, max_minutes=a.max_minutes,
         eval_every=a.eval_every, cache_dir=a.cache_dir, device=a.device,
@@ -149,9 +168,21 @@ def _train(a) -> int:
     return 0
 
 
+def _check_method(checkpoint: str, method: str | None) -> None:
+    """``--method`` on evaluate/predict only confirms what the checkpoint says."""
+    if method is None:
+        return
+    from .checkpoint import load_checkpoint
+
+    saved = load_checkpoint(checkpoint)["config"].get("method", "uflow")
+    if saved != method:
+        raise ValueError(f"{checkpoint} holds a {saved} model, not {method}; drop --method or pass --method {saved}")
+
+
 def _evaluate(a) -> int:
     from .evaluation import evaluate_checkpoint
 
+    _check_method(a.checkpoint, a.method)
     res = evaluate_checkpoint(a.checkpoint, a.data, a.category, a.device, a.weights, progress=not a.no_progress,
                               nfa=not a.no_nfa, nfa_bound=a.nfa_bound, nfa_scales=a.nfa_scales)
     if a.json:
@@ -165,6 +196,7 @@ def _evaluate(a) -> int:
 def _predict(a) -> int:
     from .predict import predict_files
 
+    _check_method(a.checkpoint, a.method)
     written = predict_files(a.checkpoint, a.input, a.out, weights=a.weights, device=a.device, nfa_scales=a.nfa_scales)
     print(f"wrote {len(written)} files to {a.out}")
     return 0
@@ -187,7 +219,7 @@ def _reproduce(a) -> int:
         from .download import download_mvtec
 
         download_mvtec(a.data, archive=a.archive, categories=categories)
-    reproduce(a.data, a.out, categories, backbone=a.backbone, weights=a.weights, pretrained=not a.random_weights,
+    reproduce(a.data, a.out, categories, method=a.method, backbone=a.backbone, weights=a.weights, pretrained=not a.random_weights,
               epochs=a.epochs, max_minutes=a.max_minutes, eval_every=a.eval_every, cache_dir=a.cache_dir,
               device=a.device, progress=not a.no_progress)
     print(f"tables written to {a.out}/results.md and results.csv")

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
-__all__ = ["CategorySettings", "CATEGORY_SETTINGS", "CI_SETTINGS", "TrainConfig", "DEFAULT_INPUT_SIZE",
-           "ci_config"]
+__all__ = ["CategorySettings", "CATEGORY_SETTINGS", "CI_SETTINGS", "METHODS", "METHOD_SETTINGS", "TrainConfig",
+           "DEFAULT_INPUT_SIZE", "ci_config"]
+
+#: The flow methods the library trains (``--method``); see :mod:`uflow_lib.methods`.
+METHODS = ("uflow", "msflow", "sanflow")
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,22 @@ DEFAULT_SETTINGS = CategorySettings(200, 8, 1e-4)
 #: ≈ 0.97 in well under 2 minutes (benchmarks/results/generated.md); the paper's lr 1e-4 would need ~10× more epochs.
 CI_SETTINGS = CategorySettings(30, 8, 1e-3)
 
+#: MSFlow's and SANFlow's own recipes (other-flows.md), the same for every category: MSFlow 100 epochs, batch 8,
+#: Adam 1e-4; SANFlow batch 8, Adam 5e-4, the authors' 25 × 8 = 200 epochs.
+METHOD_SETTINGS: dict[str, CategorySettings] = {
+    "msflow": CategorySettings(100, 8, 1e-4),
+    "sanflow": CategorySettings(200, 8, 5e-4),
+}
+#: The CPU setting of each method on the generated dataset (uflow_lib.methods, book chapter 7): like U-Flow's,
+#: 10× the recipe's learning rate so that a few hundred steps suffice; SANFlow also shows its variance network
+#: 64-px images (:data:`CI_VARIANCE_SIZE`), which is most of its cost per step.
+CI_METHOD_SETTINGS: dict[str, CategorySettings] = {
+    "uflow": CI_SETTINGS,
+    "msflow": CategorySettings(30, 8, 1e-3),
+    "sanflow": CategorySettings(10, 8, 2e-3),
+}
+CI_VARIANCE_SIZE = 64
+
 #: Input size per backbone: MS-CaiT needs 448 (fixed position embeddings); CNNs run at 256 as in the paper.
 DEFAULT_INPUT_SIZE = {"mcait": 448, "resnet18": 256, "wide_resnet50_2": 256, "mobilenetv2": 256}
 
@@ -51,6 +70,8 @@ class TrainConfig:
     data: str
     category: str
     out: str
+    #: "uflow" (the paper), "msflow" or "sanflow" (book chapter 7)
+    method: str = "uflow"
     backbone: str = "mcait"
     #: local weights file (offline); None → hub (Colab) unless ``pretrained`` is False
     weights: str | None = None
@@ -62,6 +83,8 @@ class TrainConfig:
     lr: float | None = None
     #: Adam's L2 weight decay, paper: 1e-5
     weight_decay: float = 1e-5
+    #: SANFlow only: side of the image the variance network sees (0: the full input; 128 keeps a CPU epoch short)
+    variance_size: int = 128
     #: AllInOneBlocks per flow stage, paper: 4
     flow_steps: int = 4
     #: feature normalisation (see uflow_lib.model); None → "identity" for mcait, "standardize" for CNNs
@@ -85,19 +108,24 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 setattr(self, name, str(value))
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
 
     def resolved(self) -> "TrainConfig":
         """A copy with every ``None`` default filled from the per-category table and the backbone."""
         from .model import default_norm
 
-        table = CATEGORY_SETTINGS.get(self.category, DEFAULT_SETTINGS)
+        if self.method == "uflow":
+            table = CATEGORY_SETTINGS.get(self.category, DEFAULT_SETTINGS)
+        else:
+            table = METHOD_SETTINGS[self.method]
         return replace(
             self,
             input_size=self.input_size or DEFAULT_INPUT_SIZE.get(self.backbone, 256),
             epochs=self.epochs if self.epochs is not None else table.epochs,
             batch_size=self.batch_size or table.batch_size,
             lr=self.lr or table.lr,
-            norm=self.norm or default_norm(self.backbone),
+            norm=self.norm or (default_norm(self.backbone) if self.method == "uflow" else "identity"),
         )
 
     def to_dict(self) -> dict:
@@ -111,16 +139,27 @@ class TrainConfig:
     def architecture(self) -> dict:
         """The settings a checkpoint's weights depend on (a resumed run must match them)."""
         r = self.resolved()
-        return dict(backbone=r.backbone, input_size=r.input_size, flow_steps=r.flow_steps, norm=r.norm, seed=r.seed)
+        arch = dict(method=r.method, backbone=r.backbone, input_size=r.input_size, seed=r.seed)
+        if r.method == "uflow":
+            arch.update(flow_steps=r.flow_steps, norm=r.norm)
+        if r.method == "sanflow":
+            arch.update(variance_size=r.variance_size)
+        return arch
 
 
-def ci_config(data: str, out: str, weights: str | None = None, category: str = "texture", **overrides) -> TrainConfig:
-    """The default CPU configuration on the generated dataset: MobileNetV2 at 256, :data:`CI_SETTINGS`.
+def ci_config(data: str, out: str, weights: str | None = None, category: str = "texture", method: str = "uflow",
+              **overrides) -> TrainConfig:
+    """The default CPU configuration on the generated dataset: MobileNetV2 at 256, :data:`CI_METHOD_SETTINGS`.
 
     ``weights``: the offline MobileNetV2 file; ``None`` → random backbone weights (much weaker features).
     """
-    base = dict(data=str(data), category=category, out=str(out), backbone="mobilenetv2", weights=weights,
-                pretrained=weights is not None, epochs=CI_SETTINGS.epochs, batch_size=CI_SETTINGS.batch_size,
-                lr=CI_SETTINGS.lr, device="cpu")
+    if method not in CI_METHOD_SETTINGS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    ci = CI_METHOD_SETTINGS[method]
+    base = dict(data=str(data), category=category, out=str(out), method=method, backbone="mobilenetv2",
+                weights=weights, pretrained=weights is not None, epochs=ci.epochs, batch_size=ci.batch_size,
+                lr=ci.lr, device="cpu")
+    if method == "sanflow":
+        base["variance_size"] = CI_VARIANCE_SIZE
     base.update(overrides)
     return TrainConfig(**{k: (str(v) if k == "weights" and v is not None else v) for k, v in base.items()})

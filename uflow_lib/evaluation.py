@@ -1,7 +1,8 @@
-"""Evaluation on the test split: maps at 256×256, then the paper's metrics (book chapters 4–6).
+"""Evaluation on the test split: maps at 256×256, then the paper's metrics (book chapters 4–7).
 
-``predict_maps`` runs the model once over a dataset and keeps everything later steps need (score maps,
-−log10 NFA maps, masks, labels, image scores, mean z²); ``compute_metrics`` turns that into numbers.
+``predict_maps`` runs a model of any method (:mod:`uflow_lib.methods`) once over a dataset and keeps everything
+later steps need (score maps, −log10 NFA maps, masks, labels, image scores, mean z²); ``compute_metrics`` turns
+that into numbers, the same code for every method.
 """
 
 from __future__ import annotations
@@ -17,16 +18,21 @@ from . import metrics as M
 from .checkpoint import load_trained, pick_device
 from .config import TrainConfig
 from .data import MVTecDataset
-from .scoring import anomaly_score_map, image_scores, mean_z2
+from .methods import get_method
+from .scoring import mean_z2
 
-__all__ = ["default_nfa_scales", "predict_maps", "compute_metrics", "evaluate_model", "evaluate_checkpoint", "EVAL_SIZE"]
+__all__ = ["default_nfa_scales", "latent_sides", "predict_maps", "compute_metrics", "evaluate_model", "evaluate_checkpoint", "EVAL_SIZE"]
 
 #: The paper's evaluation resolution.
 EVAL_SIZE = 256
 
 
-def default_nfa_scales(backbone: str, n_scales: int) -> list[int] | None:
+def default_nfa_scales(backbone: str, n_scales: int, sizes: Sequence[int] | None = None) -> list[int] | None:
     """Scales the tree NFA uses by default (0 = finest); ``None`` means all of them.
+
+    ``sizes`` (latent sides, fine → coarse), when given, picks for CNN backbones the one scale whose side is
+    nearest 16 (the coarser one on a tie) instead of the coarsest: U-Flow's coarsest latents are 16² at 256 for
+    every CNN backbone, while MSFlow's and SANFlow's go down to 8² (chapter 7 measures both).
 
     MS-CaiT: both scales, as in the paper (28² + 14²: log10 N_T ≈ 477, and 816 channels per pixel make a
     region's Chernoff bound steep). CNN backbones: only the coarsest scale. Their fine maps are large and thin
@@ -34,7 +40,11 @@ def default_nfa_scales(backbone: str, n_scales: int) -> list[int] | None:
     adding them costs more in the number of tests than it brings: on bottle the automatic mIoU is 0.425 with
     the 16² scale alone, 0.299 with both, 0.249 with the 32² one (benchmarks/results/bottle_mobilenetv2.md).
     """
-    return None if backbone == "mcait" or n_scales == 1 else [n_scales - 1]
+    if backbone == "mcait" or n_scales == 1:
+        return None
+    if sizes is None:
+        return [n_scales - 1]
+    return [min(range(n_scales), key=lambda i: (abs(sizes[i] - 16), -i))]
 
 
 @torch.no_grad()
@@ -49,25 +59,27 @@ def predict_maps(
     nfa_scales: Sequence[int] | None = None,
     out_size: int = EVAL_SIZE,
     progress: bool = True,
+    method: str = "uflow",
 ) -> dict[str, np.ndarray]:
-    """Run ``extractor`` + ``model`` over ``dataset``.
+    """Run ``extractor`` + ``model`` (of ``method``) over ``dataset``.
 
-    Returns a dict of numpy arrays: ``score`` (N, H, W) non-saturating likelihood score map, ``image_score``
-    (N,), ``mean_z2`` (N,), ``mask`` (N, H, W) uint8, ``label`` (N,), and ``nfa`` (N, H, W) = −log10 NFA
-    (when ``nfa`` is ``"tree"`` or ``"block"``; ``None`` skips it).
+    Returns a dict of numpy arrays: ``score`` (N, H, W) the method's pixel score map (for U-Flow the
+    non-saturating likelihood score), ``image_score`` (N,), ``mean_z2`` (N,) of the NFA latents, ``mask``
+    (N, H, W) uint8, ``label`` (N,), ``nfa`` (N, H, W) = −log10 NFA (when ``nfa`` is ``"tree"`` or
+    ``"block"``; ``None`` skips it), and the method's extra parts (MSFlow: ``score_pro``; SANFlow:
+    ``log_prob<l>``, ``variance<l>``).
     """
     if nfa is not None:
         from .nfa import block_nfa, tree_nfa
 
+    flow_method = get_method(method)
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    out: dict[str, list] = {k: [] for k in ("score", "image_score", "mean_z2", "mask", "label", "nfa")}
+    out: dict[str, list] = {k: [] for k in ("mean_z2", "mask", "label", "nfa")}
     for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
-        z, _ = model(extractor(batch["image"].to(device)))
-        z = [t.float().cpu() for t in z]
-        s = anomaly_score_map(z, out_size)  # (B, 1, H, W) float64
-        out["score"].append(s[:, 0].float().numpy())
-        out["image_score"].append(image_scores(s).numpy())
+        z, parts = flow_method.infer(model, extractor, batch["image"].to(device), out_size)
+        for k, v in parts.items():
+            out.setdefault(k, []).append(v.numpy())
         out["mean_z2"].append(mean_z2(z).numpy())
         out["mask"].append(batch["mask"][:, 0].numpy().astype(np.uint8))
         out["label"].append(np.asarray(batch["label"]))
@@ -77,17 +89,23 @@ def predict_maps(
             out["nfa"].append(block_nfa(z, out_size)[:, 0].float().numpy())
         elif nfa is not None:
             raise ValueError(f"nfa must be 'tree', 'block' or None, got {nfa!r}")
-    return {k: np.concatenate(v) for k, v in out.items() if v}
+    return flow_method.finalize({k: np.concatenate(v) for k, v in out.items() if v}, out_size)
 
 
 def compute_metrics(pred: dict[str, np.ndarray]) -> dict[str, float]:
-    """Metrics on 0–1 scale: pixel/image AUROC, AUPRO (FPR ≤ 0.3), mean z² of normal images, mIoU (with NFA)."""
+    """Metrics on 0–1 scale: pixel/image AUROC, AUPRO (FPR ≤ 0.3), mean z² of normal images, mIoU (with NFA).
+
+    AUPRO is computed on ``score_pro`` where the method has one (MSFlow's product map, as its paper), and then
+    also on ``score`` as ``aupro_pixel_map``.
+    """
     res = dict(
         pixel_auroc=M.pixel_auroc(pred["score"], pred["mask"]),
         image_auroc=M.image_auroc(pred["image_score"], pred["label"]),
-        aupro=M.aupro(pred["score"], pred["mask"]),
+        aupro=M.aupro(pred.get("score_pro", pred["score"]), pred["mask"]),
         mean_z2_normal=float(pred["mean_z2"][pred["label"] == 0].mean()) if (pred["label"] == 0).any() else float("nan"),
     )
+    if "score_pro" in pred:
+        res["aupro_pixel_map"] = M.aupro(pred["score"], pred["mask"])
     if "nfa" in pred:
         res["miou_auto"] = M.miou(pred["nfa"] > 0, pred["mask"])
         res["miou_oracle"], res["oracle_threshold"] = M.oracle_miou(pred["nfa"], pred["mask"])
@@ -97,6 +115,13 @@ def compute_metrics(pred: dict[str, np.ndarray]) -> dict[str, float]:
     return {k: float(v) for k, v in res.items()}
 
 
+def latent_sides(model: torch.nn.Module) -> list[int]:
+    """Side of each latent map of ``model`` (any method), fine → coarse."""
+    if hasattr(model, "latent_shapes"):  # U-Flow: (C, h, w) per scale
+        return [s[-1] for s in model.latent_shapes]
+    return [w for _, w in model.sizes]  # MSFlow, SANFlow: (h, w) per scale
+
+
 def evaluate_model(
     model, extractor, cfg: TrainConfig, device="cpu", progress: bool = True, nfa: bool = True, **kwargs
 ) -> dict[str, float]:
@@ -104,8 +129,9 @@ def evaluate_model(
     cfg = cfg.resolved()
     dataset = MVTecDataset(cfg.data, cfg.category, "test", input_size=cfg.input_size, mask_size=EVAL_SIZE)
     if kwargs.get("nfa_scales") is None:
-        kwargs["nfa_scales"] = default_nfa_scales(cfg.backbone, len(model.channels))
-    pred = predict_maps(model, extractor, dataset, device, nfa="tree" if nfa else None, progress=progress, **kwargs)
+        kwargs["nfa_scales"] = default_nfa_scales(cfg.backbone, len(model.channels), latent_sides(model))
+    pred = predict_maps(model, extractor, dataset, device, nfa="tree" if nfa else None, progress=progress,
+                        method=cfg.method, **kwargs)
     return compute_metrics(pred)
 
 
@@ -126,5 +152,5 @@ def evaluate_checkpoint(
     if category is not None:
         cfg.category = category
     res: dict = evaluate_model(model, extractor, cfg, dev, progress, **kwargs)
-    res.update(epoch=int(ckpt["epoch"]), category=cfg.category, backbone=cfg.backbone)
+    res.update(epoch=int(ckpt["epoch"]), category=cfg.category, backbone=cfg.backbone, method=cfg.method)
     return res

@@ -8,7 +8,8 @@ mode, so their outputs can be computed once and cached (:mod:`uflow_lib.feature_
 - ``mcait`` — MS-CaiT, the paper's extractor: ``cait_m48_448`` patch embedding + position embedding, blocks
   0..40 and the model's final LayerNorm on the 448 image → 768×28×28; ``cait_s24_224`` blocks 0..20 + norm on
   the bicubic 224 resize of the *normalised* image → 384×14×14. Strides 16 and 32.
-- ``resnet18``, ``wide_resnet50_2`` — timm ``features_only``, ``out_indices=(1, 2, 3)``: strides 4/8/16.
+- ``resnet18``, ``wide_resnet50_2`` — timm ``features_only``, ``out_indices=(1, 2, 3)``: strides 4/8/16;
+  WideResNet50-2 with torchvision's weights (``wide_resnet50_2.tv_in1k``), the ones the field uses.
 - ``mobilenetv2`` — the offline ImageNet MobileNetV2 of ``../shared/weights`` (converted from TensorFlow:
   ``pad_type="same"``, mean = std = 0.5), ``out_indices=(2, 3)``: strides 8/16 with 32/96 channels.
 
@@ -61,7 +62,9 @@ class BackboneSpec:
 
 BACKBONES: dict[str, BackboneSpec] = {
     "resnet18": BackboneSpec("resnet18", (1, 2, 3), 256),
-    "wide_resnet50_2": BackboneSpec("wide_resnet50_2", (1, 2, 3), 256),
+    # torchvision's ImageNet weights, as PaDiM, CFLOW-AD, MSFlow and SANFlow use (timm's untagged default is
+    # another training recipe, racm_in1k)
+    "wide_resnet50_2": BackboneSpec("wide_resnet50_2.tv_in1k", (1, 2, 3), 256),
     # The shared file is a TensorFlow conversion: same padding and mean = std = 0.5 (weights/README.md).
     "mobilenetv2": BackboneSpec(
         "mobilenetv2_100", (2, 3), 256, file_kwargs=dict(pad_type="same"), file_mean_std=((0.5,) * 3, (0.5,) * 3)
@@ -221,6 +224,7 @@ def build_extractor(
     pretrained: bool = True,
     weights: str | Path | None = None,
     cait_blocks: tuple[int, int] = (41, 21),
+    out_indices: Sequence[int] | None = None,
 ) -> FeatureExtractor:
     """Build a frozen feature extractor.
 
@@ -234,6 +238,10 @@ def build_extractor(
         Local state dict for the backbone (for ``mcait``: not supported, the two CaiTs come from the hub).
     cait_blocks : (int, int)
         MS-CaiT blocks used at 448 and 224 (paper: 41, 21). Tests pass fewer to check the wiring quickly.
+    out_indices : sequence of int, optional
+        CNN stages to return (timm ``features_only`` indices; 0 = stride 2, ..., 4 = stride 32). Default: the
+        backbone's U-Flow stages (:data:`BACKBONES`). MSFlow and SANFlow pick their own
+        (:mod:`uflow_lib.methods`).
     """
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
@@ -241,13 +249,19 @@ def build_extractor(
     if backbone == "mcait":
         if weights is not None:
             raise ValueError("a local weights file is not supported for mcait (two models); it loads from the hub")
+        if out_indices is not None:
+            raise ValueError(f"out_indices={list(out_indices)} applies to CNN backbones only; MS-CaiT always "
+                             f"returns its two transformer maps")
         # pretrained: build the full models (strict state-dict loading) and keep the first blocks;
         # random: build only the blocks that are used
         depth = (lambda n: {}) if pretrained else (lambda n: dict(depth=n))
         fine = _create("cait_m48_448", pretrained, None, **depth(cait_blocks[0]))
         coarse = _create("cait_s24_224", pretrained, None, **depth(cait_blocks[1]))
         return MSCaiT(fine, coarse, *cait_blocks)
-    kwargs = dict(features_only=True, out_indices=spec.out_indices)
+    indices = tuple(int(i) for i in (spec.out_indices if out_indices is None else out_indices))
+    if not indices or any(i not in range(5) for i in indices) or list(indices) != sorted(set(indices)):
+        raise ValueError(f"out_indices must be increasing stage indices in 0..4 (stride 2..32), got {list(indices)}")
+    kwargs = dict(features_only=True, out_indices=indices)
     if weights is not None or (not pretrained and spec.file_kwargs):
         # random weights take the same architecture as the offline file so shapes and code paths agree
         kwargs.update(spec.file_kwargs)

@@ -41,14 +41,15 @@ PAPER_RESULTS: dict[str, tuple[float, float, float, float]] = {
     "zipper": (98.60, 95.47, 0.5395, 0.5460),
 }
 
-COLUMNS = ["category", "epochs", "pixel_auroc", "paper_pixel_auroc", "aupro", "paper_aupro", "miou_auto",
+COLUMNS = ["method", "category", "epochs", "pixel_auroc", "paper_pixel_auroc", "aupro", "paper_aupro", "miou_auto",
            "paper_miou_auto", "miou_oracle", "paper_miou_oracle", "image_auroc", "mean_z2_normal",
            "best_on_test_epoch", "best_on_test_pixel_auroc", "best_on_test_aupro", "best_on_test_image_auroc"]
 
 
 def _row(category: str, metrics: dict, best: dict | None) -> dict:
-    paper = PAPER_RESULTS.get(category)
-    row = dict(category=category, epochs=metrics["epoch"], pixel_auroc=100 * metrics["pixel_auroc"],
+    method = metrics.get("method", "uflow")
+    paper = PAPER_RESULTS.get(category) if method == "uflow" else None  # the U-Flow paper's numbers
+    row = dict(method=method, category=category, epochs=metrics["epoch"], pixel_auroc=100 * metrics["pixel_auroc"],
                aupro=100 * metrics["aupro"], miou_auto=metrics.get("miou_auto"), miou_oracle=metrics.get("miou_oracle"),
                image_auroc=100 * metrics["image_auroc"], mean_z2_normal=metrics["mean_z2_normal"])
     if paper:
@@ -65,22 +66,23 @@ def _fmt(v, digits: int) -> str:
 
 
 def results_table(rows: Sequence[dict]) -> str:
-    """Markdown table of :func:`reproduce` rows, with the mean over categories and the paper's numbers beside."""
-    head = ("| category | epochs | pixel AUROC (paper) | AUPRO (paper) | mIoU auto (paper) | mIoU oracle (paper) "
+    """Markdown table of :func:`reproduce` rows, with the mean over categories and the paper's numbers beside
+    (U-Flow rows only: "—" for MSFlow and SANFlow, whose papers report other protocols, see chapter 7)."""
+    head = ("| method | category | epochs | pixel AUROC (paper) | AUPRO (paper) | mIoU auto (paper) | mIoU oracle (paper) "
             "| image AUROC | mean z² normal | best-on-test: epoch / pixel AUROC / AUPRO |")
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         best = ("—" if r.get("best_on_test_epoch") is None else
                 f"{r['best_on_test_epoch']} / {r['best_on_test_pixel_auroc']:.2f} / {r['best_on_test_aupro']:.2f}")
         lines.append(
-            f"| {r['category']} | {r['epochs']} | {_fmt(r['pixel_auroc'], 2)} ({_fmt(r.get('paper_pixel_auroc'), 2)}) "
+            f"| {r.get('method', 'uflow')} | {r['category']} | {r['epochs']} | {_fmt(r['pixel_auroc'], 2)} ({_fmt(r.get('paper_pixel_auroc'), 2)}) "
             f"| {_fmt(r['aupro'], 2)} ({_fmt(r.get('paper_aupro'), 2)}) "
             f"| {_fmt(r.get('miou_auto'), 4)} ({_fmt(r.get('paper_miou_auto'), 4)}) "
             f"| {_fmt(r.get('miou_oracle'), 4)} ({_fmt(r.get('paper_miou_oracle'), 4)}) "
             f"| {_fmt(r['image_auroc'], 2)} | {_fmt(r['mean_z2_normal'], 3)} | {best} |")
     if len(rows) > 1:
         mean = lambda k: sum(r[k] for r in rows) / len(rows) if all(r.get(k) is not None for r in rows) else None  # noqa: E731
-        lines.append(f"| **mean** | | {_fmt(mean('pixel_auroc'), 2)} ({_fmt(mean('paper_pixel_auroc'), 2)}) "
+        lines.append(f"| | **mean** | | {_fmt(mean('pixel_auroc'), 2)} ({_fmt(mean('paper_pixel_auroc'), 2)}) "
                      f"| {_fmt(mean('aupro'), 2)} ({_fmt(mean('paper_aupro'), 2)}) "
                      f"| {_fmt(mean('miou_auto'), 4)} ({_fmt(mean('paper_miou_auto'), 4)}) "
                      f"| {_fmt(mean('miou_oracle'), 4)} ({_fmt(mean('paper_miou_oracle'), 4)}) "
@@ -95,6 +97,7 @@ def reproduce(
     out: str | Path,
     categories: Sequence[str] = MVTEC_CATEGORIES,
     backbone: str = "mcait",
+    method: str = "uflow",
     weights: str | None = None,
     pretrained: bool = True,
     epochs: int | None = None,
@@ -108,12 +111,13 @@ def reproduce(
     """Train and evaluate each category (resumable); returns the table rows and writes results.csv/.md to ``out``.
 
     A category whose training stopped early (``max_minutes``) is evaluated at the epoch it reached and marked by
-    its ``epochs`` column; run again to continue it.
+    its ``epochs`` column; run again to continue it. ``method`` trains MSFlow or SANFlow instead (their own
+    recipes, :data:`uflow_lib.config.METHOD_SETTINGS`; they need a CNN backbone).
     """
     out = Path(out)
     rows = []
     for category in categories:
-        cfg = TrainConfig(data=str(data), category=category, out=str(out / category), backbone=backbone,
+        cfg = TrainConfig(data=str(data), category=category, out=str(out / category), method=method, backbone=backbone,
                           weights=weights, pretrained=pretrained, epochs=epochs, max_minutes=max_minutes,
                           eval_every=eval_every, cache_dir=cache_dir, device=device)
         res = train(cfg, progress=progress, log=log)

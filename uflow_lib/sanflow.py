@@ -93,6 +93,8 @@ __all__ = [
 ANOMALY_KINDS = ("rectangle", "circle", "scar")
 LOG_ALPHA_MIN, LOG_ALPHA_MAX = math.log(1e-8), math.log(1e4)
 _LOG_2PI = math.log(2.0 * math.pi)
+#: Widest layer that gets FrEIA's soft permutations by default (see :class:`SANFlow`)
+SOFT_PERMUTATION_MAX_CHANNELS = 1024
 
 # ----------------------------------------------------------------------------------------- synthetic anomalies
 
@@ -272,19 +274,25 @@ class SANFlow(nn.Module):
         Channels per layer, fine → coarse (WRN50-2 layers 2–4: 512, 1024, 2048).
     cond_channels : int
         Positional-encoding channels (CFLOW-AD: 128; the authors' SANFlow code: 512).
-    n_blocks, clamp, permute_soft, seed
-        Blocks per flow (8), clamp (1.9), soft permutations (CFLOW-AD), seed of the permutations.
+    n_blocks, clamp, seed
+        Blocks per flow (8), clamp (1.9), seed of the permutations.
+    permute_soft : bool, optional
+        Soft (random orthogonal, CFLOW-AD's) or hard permutations; ``None``: soft for layers of at most
+        :data:`SOFT_PERMUTATION_MAX_CHANNELS` channels, hard above (FrEIA draws a soft one with scipy's
+        ``special_ortho_group``, O(C³): over a minute per model for WRN50-2's 2048-channel layer, at every build).
     """
 
     def __init__(self, channels: Sequence[int], cond_channels: int = 128, n_blocks: int = 8, clamp: float = CLAMP,
-                 permute_soft: bool = True, seed: int = 0) -> None:
+                 permute_soft: bool | None = None, seed: int = 0) -> None:
         super().__init__()
         if len(channels) == 0 or any(c < 2 for c in channels):
             raise ValueError(f"channels must list >= 2 channels per layer, got {list(channels)}")
         positional_encoding_2d(cond_channels, 1, 1)  # validates cond_channels
         self.channels, self.cond_channels = list(channels), cond_channels
         with numpy_global_seed(seed):
-            self.flows = nn.ModuleList(build_fibre_flow(c, cond_channels, n_blocks, clamp, permute_soft)
+            self.flows = nn.ModuleList(
+                build_fibre_flow(c, cond_channels, n_blocks, clamp,
+                                 c <= SOFT_PERMUTATION_MAX_CHANNELS if permute_soft is None else permute_soft)
                                        for c in channels)
         self.variance_net = VarianceNet()
 

@@ -1,18 +1,22 @@
-"""Training loop: cached features, Adam + L2 weight decay, per-sample NLL, a resumable checkpoint every epoch.
+"""Training loop of every method: cached features, the method's loss and optimiser, a resumable checkpoint every epoch.
+
+What differs between U-Flow, MSFlow and SANFlow (stages, loss, learning-rate schedule, whether features can
+be cached) comes from :mod:`uflow_lib.methods`; the loop, seeding, checkpoints and stopping are shared.
 
 ``train(cfg)`` writes ``cfg.out/last.pt`` after every epoch (and ``best_on_test.pt`` when ``eval_every`` > 0).
 Run it again with the same ``out`` and it resumes where it stopped; ``max_minutes`` stops cleanly at an epoch
-boundary. The shuffling of epoch ``e`` is seeded by ``seed + e``, so a resumed run continues exactly as an
-uninterrupted one would (``tests/test_training.py`` checks this).
+boundary. The shuffling of epoch ``e`` is seeded by ``seed + e`` (SANFlow's synthetic anomalies of batch ``b`` by
+``(seed, e, b)``) and learning-rate schedules are functions of the step, so a resumed run continues exactly as
+an uninterrupted one would (``tests/test_training.py`` checks this).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -20,7 +24,7 @@ from .checkpoint import build_extractor_for, build_model, load_checkpoint, pick_
 from .config import TrainConfig
 from .data import MVTecDataset
 from .feature_cache import cached_features
-from .model import nll_loss
+from .methods import get_method
 
 __all__ = ["train", "TrainResult"]
 
@@ -51,7 +55,7 @@ def _completed(last: Path, cfg: TrainConfig) -> TrainResult | None:
 
 
 def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
-    """Train (or resume) U-Flow as ``cfg`` says. See module docstring."""
+    """Train (or resume) ``cfg.method`` as ``cfg`` says. See module docstring."""
     cfg = cfg.resolved()
     out = Path(cfg.out)
     last = out / "last.pt"
@@ -63,15 +67,22 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
     if device.type == "cpu" and cfg.backbone == "mcait":
         log("note: MS-CaiT on a CPU takes ~10 s per image; use a GPU (Colab) or --backbone mobilenetv2")
 
+    method = get_method(cfg.method)
     extractor = build_extractor_for(cfg).to(device)
     dataset = MVTecDataset(cfg.data, cfg.category, "train", input_size=cfg.input_size)
     model = build_model(cfg, extractor).to(device)
-    key = dict(backbone=cfg.backbone, weights=cfg.weights, pretrained=cfg.pretrained, size=cfg.input_size)
-    features = cached_features(
-        extractor, dataset, cfg.cache_dir, key, device=device, progress=progress, desc="train features"
-    )
-    model.fit_normalisation(features)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    features = images_all = None
+    if not method.cacheable:  # decode and resize every image once; the method augments them at every step
+        images_all = torch.stack([dataset[i]["image"] for i in tqdm(range(len(dataset)), desc="load images",
+                                                                   disable=not progress, leave=False)])
+    else:
+        key = dict(backbone=cfg.backbone, weights=cfg.weights, pretrained=cfg.pretrained, size=cfg.input_size,
+                   stages=method.out_indices(cfg.backbone))
+        raw = cached_features(extractor, dataset, cfg.cache_dir, key, device=device, progress=progress,
+                              desc="train features")
+        features = method.prepare(raw)
+        method.fit(model, features)
+    optimizer = method.optimizer(cfg, model)
 
     start_epoch, history, best = 0, [], None
     if last.is_file():
@@ -88,6 +99,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
         log(f"resuming from {last} after epoch {start_epoch}")
 
     n = len(dataset)
+    n_batches = len(_batches(n, cfg.batch_size, 0))
     t0 = time.monotonic()
     epoch = start_epoch
     bar = tqdm(range(start_epoch, cfg.epochs), desc=f"train {cfg.category}", disable=not progress,
@@ -96,13 +108,16 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
         model.train()
         t_epoch, total, count = time.monotonic(), 0.0, 0
         for b, idx in enumerate(_batches(n, cfg.batch_size, cfg.seed + epoch)):
-            if cfg.recompute_features:
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * method.lr_factor(epoch + b / n_batches, cfg.epochs)
+            if features is None:
+                batch = dict(images=images_all[idx].to(device), rng=np.random.default_rng([cfg.seed, epoch, b]))
+            elif cfg.recompute_features:
                 images = torch.stack([dataset[int(i)]["image"] for i in idx]).to(device)
-                feats = extractor(images)
+                batch = dict(features=method.prepare(extractor(images)))
             else:
-                feats = [f[idx].to(device, non_blocking=True) for f in features]
-            z, log_det = model(feats)
-            loss = nll_loss(z, log_det)
+                batch = dict(features=[f[idx].to(device, non_blocking=True) for f in features])
+            loss = method.loss(model, extractor, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"the loss became {loss.item()} at epoch {epoch + 1}, batch {b + 1}: training diverged. "
@@ -111,10 +126,12 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if method.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), method.grad_clip)
             optimizer.step()
             total += loss.item() * len(idx)
             count += len(idx)
-        dims = sum(math.prod(s) for s in model.latent_shapes)
+        dims = method.dims(model)
         record = dict(epoch=epoch + 1, loss=total / count, loss_per_dim=total / count / dims,
                       seconds=time.monotonic() - t_epoch)
         if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0:

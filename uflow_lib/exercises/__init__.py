@@ -7,10 +7,13 @@ The same functions grade submitted notebooks (course assignments).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ExerciseFailed", "passed", "require", "require_function", "call_student"]
+import numpy as np
+
+__all__ = ["ExerciseFailed", "passed", "require", "require_function", "call_student", "as_finite_number"]
 
 
 class ExerciseFailed(AssertionError):
@@ -47,3 +50,16 @@ def call_student(fn: Callable, name: str, *args,
                              f"Hint: replace the `raise NotImplementedError` line with your solution.") from err
     except Exception as err:  # noqa: BLE001 - any failure of the student's code is reported, not re-raised
         raise ExerciseFailed(f"calling `{name}` raised {type(err).__name__}: {err}\nHint: {hint}") from err
+
+
+def as_finite_number(value: Any, call: str, not_finite_hint: str) -> float:
+    """The student's return value (a number, 0-d array or one-element tensor) as a finite float, or a helpful failure."""
+    try:
+        value = value.detach() if hasattr(value, "detach") else value  # a torch tensor
+        out = float(np.asarray(value).item()) if value is not None else None
+    except (TypeError, ValueError):
+        out = None
+    require(out is not None, f"{call} returned {value!r} ({type(value).__name__}), expected one number",
+            "return a single number (not None, a list or an array of several values); did you forget `return`?")
+    require(math.isfinite(out), f"{call} returned {out}, expected a finite number", not_finite_hint)
+    return out

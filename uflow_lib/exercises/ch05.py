@@ -24,7 +24,7 @@ import numpy as np
 from scipy import optimize, special
 
 from ..nfa import POLYOMINO_ALPHA, POLYOMINO_BETA
-from . import ExerciseFailed, passed, require
+from . import ExerciseFailed, as_finite_number, passed, require
 
 __all__ = ["check_region_log10_nfa", "check_log10_num_tests", "check_min_level", "check_block_log10_tail"]
 
@@ -57,15 +57,7 @@ def _call(fn: Callable, name: str, *args) -> Any:
 
 def _as_float(value: Any, call: str) -> float:
     """The student's return value as a finite float, or a helpful failure."""
-    try:
-        out = float(np.asarray(value).item()) if value is not None else None
-    except (TypeError, ValueError):
-        out = None
-    require(out is not None, f"{call} returned {value!r} ({type(value).__name__}), expected one number",
-            "return a float (not None, a list or an array of several values); did you forget `return`?")
-    require(math.isfinite(out), f"{call} returned {out}, expected a finite number",
-            "an overflow? Work with logarithms all the way (the numbers here have hundreds of digits).")
-    return out
+    return as_finite_number(value, call, "an overflow? Work with logarithms all the way (the numbers here have hundreds of digits).")
 
 
 def _close(got: float, want: float, rel: float = 1e-6, abs_: float = 1e-9) -> bool:
