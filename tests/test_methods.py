@@ -177,3 +177,16 @@ def test_reproduce_table_for_another_method(tiny_root, tmp_path):
 
     row = next(csv.DictReader(open(out / "results.csv")))
     assert row["method"] == "msflow" and row["paper_pixel_auroc"] == ""  # the U-Flow paper's numbers are not MSFlow's
+
+
+def test_results_table_shows_a_method_column_only_when_needed():
+    from uflow_lib.reproduce import results_table
+
+    row = dict(category="bottle", epochs=2, pixel_auroc=95.0, aupro=85.0, miou_auto=0.4, miou_oracle=0.5,
+               image_auroc=99.0, mean_z2_normal=1.0)
+    uflow_only = results_table([dict(row, method="uflow"), dict(row, category="cable")])
+    assert uflow_only.startswith("| category |")  # chapter 6's table, as in the paper
+    mixed = results_table([dict(row, method="uflow"), dict(row, method="msflow")]).splitlines()
+    assert mixed[0].startswith("| method | category |") and mixed[3].startswith("| msflow | bottle |")
+    cells = {line.count("|") for line in mixed[:5]}  # header, rule, two rows and the mean: same columns
+    assert cells == {11}, mixed[:5]

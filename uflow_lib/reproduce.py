@@ -67,22 +67,26 @@ def _fmt(v, digits: int) -> str:
 
 def results_table(rows: Sequence[dict]) -> str:
     """Markdown table of :func:`reproduce` rows, with the mean over categories and the paper's numbers beside
-    (U-Flow rows only: "—" for MSFlow and SANFlow, whose papers report other protocols, see chapter 7)."""
-    head = ("| method | category | epochs | pixel AUROC (paper) | AUPRO (paper) | mIoU auto (paper) | mIoU oracle (paper) "
-            "| image AUROC | mean z² normal | best-on-test: epoch / pixel AUROC / AUPRO |")
-    lines = [head, "|" + "---|" * 10]
+    (U-Flow rows only: "—" for MSFlow and SANFlow, whose papers report other protocols, see chapter 7). A method
+    column appears when a row is not U-Flow's."""
+    show_method = any(r.get("method", "uflow") != "uflow" for r in rows)
+    first = (lambda r: f"| {r.get('method', 'uflow')} ") if show_method else (lambda r: "")  # noqa: E731
+    head = (("| method " if show_method else "") + "| category | epochs | pixel AUROC (paper) | AUPRO (paper) "
+            "| mIoU auto (paper) | mIoU oracle (paper) | image AUROC | mean z² normal "
+            "| best-on-test: epoch / pixel AUROC / AUPRO |")
+    lines = [head, "|" + "---|" * (9 + show_method)]
     for r in rows:
         best = ("—" if r.get("best_on_test_epoch") is None else
                 f"{r['best_on_test_epoch']} / {r['best_on_test_pixel_auroc']:.2f} / {r['best_on_test_aupro']:.2f}")
         lines.append(
-            f"| {r.get('method', 'uflow')} | {r['category']} | {r['epochs']} | {_fmt(r['pixel_auroc'], 2)} ({_fmt(r.get('paper_pixel_auroc'), 2)}) "
+            f"{first(r)}| {r['category']} | {r['epochs']} | {_fmt(r['pixel_auroc'], 2)} ({_fmt(r.get('paper_pixel_auroc'), 2)}) "
             f"| {_fmt(r['aupro'], 2)} ({_fmt(r.get('paper_aupro'), 2)}) "
             f"| {_fmt(r.get('miou_auto'), 4)} ({_fmt(r.get('paper_miou_auto'), 4)}) "
             f"| {_fmt(r.get('miou_oracle'), 4)} ({_fmt(r.get('paper_miou_oracle'), 4)}) "
             f"| {_fmt(r['image_auroc'], 2)} | {_fmt(r['mean_z2_normal'], 3)} | {best} |")
     if len(rows) > 1:
         mean = lambda k: sum(r[k] for r in rows) / len(rows) if all(r.get(k) is not None for r in rows) else None  # noqa: E731
-        lines.append(f"| | **mean** | | {_fmt(mean('pixel_auroc'), 2)} ({_fmt(mean('paper_pixel_auroc'), 2)}) "
+        lines.append(f"{'| ' if show_method else ''}| **mean** | | {_fmt(mean('pixel_auroc'), 2)} ({_fmt(mean('paper_pixel_auroc'), 2)}) "
                      f"| {_fmt(mean('aupro'), 2)} ({_fmt(mean('paper_aupro'), 2)}) "
                      f"| {_fmt(mean('miou_auto'), 4)} ({_fmt(mean('paper_miou_auto'), 4)}) "
                      f"| {_fmt(mean('miou_oracle'), 4)} ({_fmt(mean('paper_miou_oracle'), 4)}) "
