@@ -15,11 +15,8 @@ import os
 import platform
 import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from common import MVTEC_ROOT as ROOT, REPO, WEIGHTS, have_bottle
 
 import torch  # noqa: E402
 
@@ -29,9 +26,6 @@ from uflow_lib.data import MVTecDataset  # noqa: E402
 from uflow_lib.evaluation import EVAL_SIZE, compute_metrics, default_nfa_scales, predict_maps  # noqa: E402
 from uflow_lib.training import train  # noqa: E402
 
-SHARED = REPO.parent / "shared"
-ROOT = SHARED / "data" / "mvtec_ad"
-WEIGHTS = SHARED / "weights" / "mobilenetv2_100_imagenet_from_tflite.pth"
 
 
 def main() -> int:
@@ -41,8 +35,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=None, help="default: the paper's bottle row (200)")
     ap.add_argument("--nfa-scales", type=int, nargs="+", default=None, help="scales used by the tree NFA")
     args = ap.parse_args()
-    if not (ROOT / "bottle").is_dir() or not WEIGHTS.is_file():
-        print("skipped: ../shared/data/mvtec_ad/bottle or ../shared/weights not found beside the repository")
+    if not have_bottle():
         return 0
     cfg = TrainConfig(data=str(ROOT), category="bottle", out=args.out, backbone="mobilenetv2", weights=str(WEIGHTS),
                       epochs=args.epochs, max_minutes=args.max_minutes, device="cpu")

@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from common import MVTEC_ROOT, REPO, WEIGHTS
 
 import torch  # noqa: E402
 
@@ -28,8 +25,6 @@ from uflow_lib.config import TrainConfig  # noqa: E402
 from uflow_lib.synthetic import make_dataset  # noqa: E402
 from uflow_lib.training import train  # noqa: E402
 
-SHARED = REPO.parent / "shared"
-WEIGHTS = SHARED / "weights" / "mobilenetv2_100_imagenet_from_tflite.pth"
 
 
 def one_epoch(cfg: TrainConfig) -> tuple[float, float]:
@@ -58,9 +53,9 @@ def main() -> None:
     rows.append(compare("MS-CaiT graph (768@28² + 384@14², 12.2 M flow params), 8 images at 448, batch 4",
                         TrainConfig(data=str(gen448), category="texture", out="", backbone="mcait",
                                     pretrained=False, epochs=1, batch_size=4, lr=1e-4, device="cpu")))
-    if WEIGHTS.is_file() and (SHARED / "data" / "mvtec_ad" / "bottle").is_dir():
+    if WEIGHTS.is_file() and (MVTEC_ROOT / "bottle").is_dir():
         rows.append(compare("MobileNetV2 (32@32² + 96@16², 0.17 M flow params), bottle train (209) at 256, batch 23",
-                            TrainConfig(data=str(SHARED / "data" / "mvtec_ad"), category="bottle", out="",
+                            TrainConfig(data=str(MVTEC_ROOT), category="bottle", out="",
                                         backbone="mobilenetv2", weights=str(WEIGHTS), epochs=1, device="cpu")))
     else:
         gen = make_dataset(tmp / "g256", seed=0)

@@ -25,27 +25,20 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from common import MVTEC_ROOT as ROOT, REPO, RESULTS, WEIGHTS, have_bottle
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 
 from uflow_lib import metrics as M  # noqa: E402
 from uflow_lib.checkpoint import load_trained  # noqa: E402
 from uflow_lib.config import TrainConfig  # noqa: E402
 from uflow_lib.data import MVTecDataset  # noqa: E402
-from uflow_lib.evaluation import EVAL_SIZE, compute_metrics, default_nfa_scales, latent_sides  # noqa: E402
-from uflow_lib.methods import get_method  # noqa: E402
+from uflow_lib.evaluation import EVAL_SIZE, compute_metrics, default_nfa_scales, latent_sides, predict_maps  # noqa: E402
 from uflow_lib.nfa import tree_nfa  # noqa: E402
 from uflow_lib.scoring import mean_z2  # noqa: E402
 from uflow_lib.training import train  # noqa: E402
 
-SHARED = REPO.parent / "shared"
-ROOT = SHARED / "data" / "mvtec_ad"
-WEIGHTS = SHARED / "weights" / "mobilenetv2_100_imagenet_from_tflite.pth"
 VARIANCE_SIZE = 64  # SANFlow's variance network input side (CPU budget)
 #: run name → (method, overrides of its recipe); None: the method's own default for bottle
 RUNS = {
@@ -55,26 +48,6 @@ RUNS = {
     "sanflow_lr2e-3": ("sanflow", dict(epochs=15, lr=2e-3)),  # 4× the recipe's lr for a 15-epoch budget
 }
 NAMES = {"uflow": "U-Flow", "msflow": "MSFlow", "sanflow": "SANFlow", "sanflow_lr2e-3": "SANFlow, lr 2e-3"}
-
-
-@torch.no_grad()
-def run_test_set(method_name: str, model, extractor, dataset) -> tuple[dict, list[torch.Tensor], float]:
-    """Parts + NFA latents (list over scales of (N, C, h, w)) of the whole test set, and seconds per image."""
-    method = get_method(method_name)
-    model.eval()
-    parts, latents, masks, labels = {}, [], [], []
-    t0 = time.process_time()
-    for batch in DataLoader(dataset, batch_size=8, shuffle=False):
-        z, p = method.infer(model, extractor, batch["image"], EVAL_SIZE)
-        for k, v in p.items():
-            parts.setdefault(k, []).append(v.numpy())
-        latents.append(z)
-        masks.append(batch["mask"][:, 0].numpy().astype(np.uint8))
-        labels.append(np.asarray(batch["label"]))
-    per_image = (time.process_time() - t0) / len(dataset)
-    pred = method.finalize({k: np.concatenate(v) for k, v in parts.items()}, EVAL_SIZE)
-    pred.update(mask=np.concatenate(masks), label=np.concatenate(labels))
-    return pred, [torch.cat(s) for s in zip(*latents)], per_image
 
 
 def nfa_row(latents: list[torch.Tensor], pred: dict, scales) -> dict:
@@ -94,11 +67,13 @@ def bench(run: str, out: Path, epochs: int | None = None) -> dict:
     res = train(cfg, progress=False)
     cfg_r, extractor, model, ckpt = load_trained(res.checkpoint, "cpu")
     test = MVTecDataset(ROOT, "bottle", "test", input_size=cfg_r.input_size, mask_size=EVAL_SIZE)
-    pred, latents, per_image = run_test_set(method, model, extractor, test)
     sides = latent_sides(model)
     scales = default_nfa_scales("mobilenetv2", len(sides), sides)
-    pred["nfa"] = tree_nfa(latents, EVAL_SIZE, bound="valid", scales=scales)[:, 0].numpy()
-    pred["mean_z2"] = mean_z2(latents).numpy()
+    t0 = time.process_time()
+    pred = predict_maps(model, extractor, test, nfa="tree", nfa_scales=scales, progress=False, method=method,
+                        keep_latents=True)
+    per_image = (time.process_time() - t0) / len(test)  # scores and the default NFA
+    latents = pred.pop("latents")
     row = dict(run=run, method=method, epochs=int(ckpt["epoch"]), batch_size=cfg_r.batch_size, lr=cfg_r.lr,
                parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
                train_seconds=sum(h["seconds"] for h in ckpt["history"]), test_cpu_seconds_per_image=per_image,
@@ -141,8 +116,7 @@ def main() -> int:
     ap.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     ap.add_argument("--epochs", type=int, help="override every run's epochs (a quick check of this script)")
     args = ap.parse_args()
-    if not (ROOT / "bottle").is_dir() or not WEIGHTS.is_file():
-        print("skipped: ../shared/data/mvtec_ad/bottle or ../shared/weights not found beside the repository")
+    if not have_bottle():
         return 0
     torch.set_num_threads(1)
     load = os.getloadavg()[0]
@@ -150,7 +124,7 @@ def main() -> int:
     for run in args.runs:
         rows.append(bench(run, Path(args.out), args.epochs))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "nfa_variants"}), flush=True)
-    results = REPO / "benchmarks" / "results"
+    results = RESULTS
     results.mkdir(parents=True, exist_ok=True)
     (results / "methods_bottle.json").write_text(json.dumps(rows, indent=1) + "\n")
     notes = [

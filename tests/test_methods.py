@@ -15,6 +15,7 @@ from uflow_lib.config import METHODS, TrainConfig, ci_config
 from uflow_lib.evaluation import default_nfa_scales, evaluate_checkpoint, latent_sides, predict_maps
 from uflow_lib.data import MVTecDataset
 from uflow_lib.msflow import msflow_lr_lambda
+from uflow_lib.scoring import mean_z2
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +134,11 @@ def test_evaluate_any_method(tiny_root, tmp_path, method):
     assert ("aupro_pixel_map" in m) == (method == "msflow")  # MSFlow: AUPRO on the product map, both reported
     cfg, extractor, model, _ = load_trained(res.checkpoint)
     test = MVTecDataset(tiny_root, "texture", "test", input_size=128, mask_size=64)
-    pred = predict_maps(model, extractor, test, nfa=None, out_size=64, progress=False, method=method)
+    pred = predict_maps(model, extractor, test, nfa=None, out_size=64, progress=False, method=method,
+                        keep_latents=True)
     assert pred["score"].shape == (len(test), 64, 64) and pred["image_score"].shape == (len(test),)
+    assert [z.shape[-1] for z in pred["latents"]] == latent_sides(model) and len(pred["latents"][0]) == len(test)
+    np.testing.assert_allclose(mean_z2(pred["latents"]).numpy(), pred["mean_z2"], rtol=1e-6)
     assert np.isfinite(pred["score"]).all() and np.isfinite(pred["image_score"]).all()
 
 

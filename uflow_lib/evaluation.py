@@ -60,14 +60,16 @@ def predict_maps(
     out_size: int = EVAL_SIZE,
     progress: bool = True,
     method: str = "uflow",
-) -> dict[str, np.ndarray]:
+    keep_latents: bool = False,
+) -> dict:
     """Run ``extractor`` + ``model`` (of ``method``) over ``dataset``.
 
     Returns a dict of numpy arrays: ``score`` (N, H, W) the method's pixel score map (for U-Flow the
     non-saturating likelihood score), ``image_score`` (N,), ``mean_z2`` (N,) of the NFA latents, ``mask``
     (N, H, W) uint8, ``label`` (N,), ``nfa`` (N, H, W) = −log10 NFA (when ``nfa`` is ``"tree"`` or
     ``"block"``; ``None`` skips it), and the method's extra parts (MSFlow: ``score_pro``; SANFlow:
-    ``log_prob<l>``, ``variance<l>``).
+    ``log_prob<l>``, ``variance<l>``). ``keep_latents``: also ``latents``, the NFA latents of the whole set
+    (list over scales of ``(N, C_s, h_s, w_s)`` float32 tensors; for SANFlow z/σ).
     """
     if nfa is not None:
         from .nfa import block_nfa, tree_nfa
@@ -76,11 +78,14 @@ def predict_maps(
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     out: dict[str, list] = {k: [] for k in ("mean_z2", "mask", "label", "nfa")}
+    latents: list[list[torch.Tensor]] = []
     for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
         z, parts = flow_method.infer(model, extractor, batch["image"].to(device), out_size)
         for k, v in parts.items():
             out.setdefault(k, []).append(v.numpy())
         out["mean_z2"].append(mean_z2(z).numpy())
+        if keep_latents:
+            latents.append(z)
         out["mask"].append(batch["mask"][:, 0].numpy().astype(np.uint8))
         out["label"].append(np.asarray(batch["label"]))
         if nfa == "tree":
@@ -89,7 +94,10 @@ def predict_maps(
             out["nfa"].append(block_nfa(z, out_size)[:, 0].float().numpy())
         elif nfa is not None:
             raise ValueError(f"nfa must be 'tree', 'block' or None, got {nfa!r}")
-    return flow_method.finalize({k: np.concatenate(v) for k, v in out.items() if v}, out_size)
+    pred = flow_method.finalize({k: np.concatenate(v) for k, v in out.items() if v}, out_size)
+    if keep_latents:
+        pred["latents"] = [torch.cat(scale) for scale in zip(*latents)]
+    return pred
 
 
 def compute_metrics(pred: dict[str, np.ndarray]) -> dict[str, float]:

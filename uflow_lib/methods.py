@@ -207,18 +207,20 @@ class SANFlowMethod(FlowMethod):
         return 1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
     @staticmethod
-    def _variance_input(model: SANFlow, extractor: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    def _features_and_statistics(model: SANFlow, extractor: nn.Module, images: torch.Tensor):
+        """Images ``(B, 3, S, S)`` → backbone maps (list of ``(B, C_l, h_l, w_l)``) and per layer ``(log α, log β)``,
+        each ``(B, h_l, w_l)``, from one variance-net pass on the normalised image (resized to ``variance_size``)."""
+        with torch.no_grad():
+            feats = extractor(images)
         x = extractor.normalise(images)  # (B, 3, S, S)
         size = getattr(model, "variance_size", 0)
         if size and size != x.shape[-1]:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        return x  # (B, 3, s, s)
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)  # (B, 3, s, s)
+        return feats, model.statistics(x, [f.shape[-2:] for f in feats])
 
     def loss(self, model, extractor, batch):
         images, masks = synthesize_anomalies(batch["images"], batch["rng"])  # (B, 3, S, S), (B, 1, S, S)
-        with torch.no_grad():
-            feats = extractor(images)
-        stats = model.statistics(self._variance_input(model, extractor, images), [f.shape[-2:] for f in feats])
+        feats, stats = self._features_and_statistics(model, extractor, images)
         total = 0.0
         for layer, (f, (log_a, log_b)) in enumerate(zip(feats, stats)):
             z, log_det = model.flow_layer(layer, f)  # (B, C, h, w), (B, h, w)
@@ -230,8 +232,7 @@ class SANFlowMethod(FlowMethod):
 
     @torch.no_grad()
     def infer(self, model, extractor, images, out_size):
-        feats = extractor(images)
-        stats = model.statistics(self._variance_input(model, extractor, images), [f.shape[-2:] for f in feats])
+        feats, stats = self._features_and_statistics(model, extractor, images)
         latents, parts = [], {}
         for layer, (f, (log_a, log_b)) in enumerate(zip(feats, stats)):
             z, log_det = model.flow_layer(layer, f)  # (B, C, h, w), (B, h, w)

@@ -12,6 +12,7 @@ an uninterrupted one would (``tests/test_training.py`` checks this).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,7 +100,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
         log(f"resuming from {last} after epoch {start_epoch}")
 
     n = len(dataset)
-    n_batches = len(_batches(n, cfg.batch_size, 0))
+    n_batches = math.ceil(n / cfg.batch_size)
     t0 = time.monotonic()
     epoch = start_epoch
     bar = tqdm(range(start_epoch, cfg.epochs), desc=f"train {cfg.category}", disable=not progress,

@@ -24,40 +24,31 @@ import numpy as np
 from scipy import optimize, special
 
 from ..nfa import POLYOMINO_ALPHA, POLYOMINO_BETA
-from . import ExerciseFailed, as_finite_number, passed, require
+from . import ExerciseFailed, as_finite_number, call_student, passed, require, require_function
 
 __all__ = ["check_region_log10_nfa", "check_log10_num_tests", "check_min_level", "check_block_log10_tail"]
 
 LN10 = math.log(10)
 
 
-def _require_function(fn: Any, name: str, signature: str) -> None:
-    require(callable(fn), f"expected your function `{name}`, got {fn!r} ({type(fn).__name__})",
-            f"define `def {name}{signature}: ...` in the cell above, run it, and pass the function itself "
-            f"(no parentheses) to the check.")
-
-
 def _call(fn: Callable, name: str, *args) -> Any:
-    """Call the student's function, turning any exception into a helpful ExerciseFailed."""
-    try:
-        return fn(*args)
-    except ExerciseFailed:
-        raise
-    except NotImplementedError as err:
-        raise ExerciseFailed(f"`{name}` is not written yet (it raised NotImplementedError)\n"
-                             f"Hint: replace the `raise NotImplementedError` line with your solution.") from err
-    except OverflowError as err:
-        raise ExerciseFailed(f"calling `{name}` raised OverflowError: {err}\n"
-                             f"Hint: the numbers here have hundreds of digits; work with logarithms all the way "
-                             f"(e.g. scipy.special.logsumexp to add terms given by their logs).") from err
-    except Exception as err:  # noqa: BLE001 - any failure of the student's code is reported, not re-raised
-        raise ExerciseFailed(f"calling `{name}` raised {type(err).__name__}: {err}\n"
-                             f"Hint: run your function on the example of the exercise statement first.") from err
+    """:func:`~uflow_lib.exercises.call_student`, with a hint of its own for an OverflowError (huge numbers)."""
+
+    def guarded(*a):
+        try:
+            return fn(*a)
+        except OverflowError as err:
+            raise ExerciseFailed(f"calling `{name}` raised OverflowError: {err}\n"
+                                 f"Hint: the numbers here have hundreds of digits; work with logarithms all the way "
+                                 f"(e.g. scipy.special.logsumexp to add terms given by their logs).") from err
+
+    return call_student(guarded, name, *args)
 
 
 def _as_float(value: Any, call: str) -> float:
     """The student's return value as a finite float, or a helpful failure."""
-    return as_finite_number(value, call, "an overflow? Work with logarithms all the way (the numbers here have hundreds of digits).")
+    return as_finite_number(value, call, "an overflow? Work with logarithms all the way (the numbers here have "
+                                         "hundreds of digits).")
 
 
 def _close(got: float, want: float, rel: float = 1e-6, abs_: float = 1e-9) -> bool:
@@ -99,7 +90,7 @@ def check_region_log10_nfa(fn: Callable[[np.ndarray, np.ndarray, int, float], fl
     The reference minimises the Markov bound :math:`E[e^{\lambda X}]e^{-\lambda x}` over :math:`\lambda`
     numerically at :math:`x = C \min_R m` (it never uses the closed form).
     """
-    _require_function(fn, "region_log10_nfa", "(m, region, C, log10_nt)")
+    require_function(fn, "region_log10_nfa", "(m, region, C, log10_nt)")
     for m, region, C, log10_nt, what in _region_cases():
         call = f"region_log10_nfa(m, region, C={C}, log10_nt={log10_nt}) for {what}"
         got = _as_float(_call(fn, "region_log10_nfa", m.copy(), region.copy(), C, log10_nt), call)
@@ -148,7 +139,7 @@ def _log10_num_tests_exact(sizes: Sequence[tuple[int, int]], positions: bool = T
 
 def check_log10_num_tests(fn: Callable[[Sequence[tuple[int, int]]], float]) -> None:
     r"""Exercise 5.2: ``fn(sizes)`` → :math:`\log_{10} N_T` for the tree NFA, compared with exact decimals."""
-    _require_function(fn, "log10_num_tests", "(sizes)")
+    require_function(fn, "log10_num_tests", "(sizes)")
     cases = [[(1, 1)], [(1, 2), (1, 1)], [(3, 3)], [(7, 5)], [(16, 16)], [(28, 28), (14, 14)],
              [(64, 64), (32, 32), (16, 16)]]
     for sizes in cases:
@@ -184,7 +175,7 @@ def check_min_level(fn: Callable[[int, int, float], float]) -> None:
 
     The reference solves :math:`t - 1 - \ln t = a` with Lambert's :math:`W_{-1}` (the branch above 1).
     """
-    _require_function(fn, "min_level", "(area, C, log10_nt)")
+    require_function(fn, "min_level", "(area, C, log10_nt)")
     cases = [(1, 48, 155.48), (10, 48, 155.48), (100, 44, 623.04), (784, 816, 476.92), (5, 2, 3.0), (30, 8, 1.0)]
     for area, C, log10_nt in cases:
         call = f"min_level({area}, {C}, {log10_nt})"
@@ -219,7 +210,7 @@ def _binomial_tail_exact(k_mean: float, n: int, p: float) -> float:
 
 def check_block_log10_tail(fn: Callable[[float, int, float], float]) -> None:
     r"""Exercise 5.4: ``fn(k_mean, n, p)`` → :math:`\log_{10} P(\mathrm{Bin}(n, 1-p) \ge \lceil \bar k\rceil)`."""
-    _require_function(fn, "block_log10_tail", "(k_mean, n, p)")
+    require_function(fn, "block_log10_tail", "(k_mean, n, p)")
     cases = [(0.9, 9, 0.9), (2.0, 25, 0.9), (2.3, 25, 0.9), (0.0, 9, 0.9), (9.0, 9, 0.9), (7.5, 25, 0.9),
              (12.0, 15, 0.8), (3.0, 4, 0.9)]
     for k_mean, n, p in cases:

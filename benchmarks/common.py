@@ -1,0 +1,32 @@
+"""What the benchmark scripts share: the repository on ``sys.path`` and the real data and weights of ``../shared``.
+
+Import it first in a script (``from common import ...``; the scripts' folder is on ``sys.path`` when run as
+``python benchmarks/NAME.py``): it puts the repository on ``sys.path`` and sets ``HF_HUB_OFFLINE=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from uflow_lib.features import MOBILENETV2_FILE  # noqa: E402
+
+#: ``../shared`` beside the repository: real MVTec AD data and the offline MobileNetV2 (never copied here)
+SHARED = REPO.parent / "shared"
+MVTEC_ROOT = SHARED / "data" / "mvtec_ad"
+WEIGHTS = SHARED / "weights" / MOBILENETV2_FILE
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def have_bottle() -> bool:
+    """Whether the real bottle category and the offline weights are there (else the script skips, saying why)."""
+    if (MVTEC_ROOT / "bottle").is_dir() and WEIGHTS.is_file():
+        return True
+    print("skipped: ../shared/data/mvtec_ad/bottle or ../shared/weights not found beside the repository")
+    return False
