@@ -15,9 +15,9 @@ from common import REPO
 
 import torch  # noqa: E402
 
-from uflow_lib.config import ci_config  # noqa: E402
 from uflow_lib.evaluation import evaluate_checkpoint  # noqa: E402
 from uflow_lib.features import default_weights_file  # noqa: E402
+from uflow_lib.methods import ci_config  # noqa: E402
 from uflow_lib.synthetic import make_dataset  # noqa: E402
 from uflow_lib.training import train  # noqa: E402
 
@@ -35,7 +35,7 @@ def main() -> None:
     m = evaluate_checkpoint(str(res.checkpoint), progress=False)
     t_eval = time.monotonic() - t2
     text = "\n".join([
-        "# Generated dataset, default CPU configuration (uflow_lib.config.ci_config)",
+        "# Generated dataset, default CPU configuration (uflow_lib.methods.ci_config)",
         "",
         f"Produced by `python benchmarks/bench_generated.py` ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}, CPU, {time.strftime('%Y-%m-%d')}). Backbone: MobileNetV2 "

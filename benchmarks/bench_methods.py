@@ -1,4 +1,4 @@
-"""U-Flow, MSFlow and SANFlow on real MVTec AD bottle, same protocol (book chapter 7, issue 7).
+"""U-Flow, MSFlow and SANFlow on real MVTec AD bottle, same protocol (book chapter 7).
 
 Same backbone (the offline ImageNet MobileNetV2; each method reads its own stages), same input (256), same
 seed (0), same metrics code, the LAST epoch. Each method trains with its own recipe: U-Flow the paper's bottle
@@ -70,8 +70,7 @@ def bench(run: str, out: Path, epochs: int | None = None) -> dict:
     sides = latent_sides(model)
     scales = default_nfa_scales("mobilenetv2", len(sides), sides)
     t0 = time.process_time()
-    pred = predict_maps(model, extractor, test, nfa="tree", nfa_scales=scales, progress=False, method=method,
-                        keep_latents=True)
+    pred = predict_maps(model, extractor, test, nfa="tree", nfa_scales=scales, progress=False, keep_latents=True)
     per_image = (time.process_time() - t0) / len(test)  # scores and the default NFA
     latents = pred.pop("latents")
     row = dict(run=run, method=method, epochs=int(ckpt["epoch"]), batch_size=cfg_r.batch_size, lr=cfg_r.lr,

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import nfa_reference as ref  # noqa: E402
-from uflow_lib import nfa  # noqa: E402
+from uflow_lib import component_tree, nfa, nfa_block  # noqa: E402
 
 SHAPES = {"MS-CaiT": [(816, 28), (192, 14)], "MobileNetV2": [(44, 32), (48, 16)]}
 
@@ -71,7 +71,7 @@ def bench(name, shapes, batch, n_ref, repeat):
 
     # agreement first: the timings compare equal computations
     assert torch.allclose(nfa.tree_nfa(first), ref.tree_nfa(first), rtol=1e-12, atol=1e-9)
-    assert torch.allclose(nfa.block_nfa(first), ref.block_nfa(first), rtol=0, atol=1e-6)
+    assert torch.allclose(nfa_block.block_nfa(first), ref.block_nfa(first), rtol=0, atol=1e-6)
 
     def ref_tree_core():
         for z in first:
@@ -87,7 +87,7 @@ def bench(name, shapes, batch, n_ref, repeat):
 
     for method, fast_full, fast_core, ref_full, ref_core in [
         ("tree", nfa.tree_nfa, nfa.tree_log10_prob_maps, ref.tree_nfa, ref_tree_core),
-        ("block", nfa.block_nfa, nfa.block_log10_prob_maps, ref.block_nfa, ref_block_core),
+        ("block", nfa_block.block_nfa, nfa_block.block_log10_prob_maps, ref.block_nfa, ref_block_core),
     ]:
         per = lambda times, n: np.array(times) / n  # noqa: E731  (cpu, wall) per image
         t_ref_full = per(seconds(lambda: one_by_one(ref_full, first, n_ref), 2), n_ref)
@@ -133,9 +133,9 @@ def main():
     for sizes in ([(28, 28), (14, 14)], [(14, 14)], [(32, 32), (16, 16)], [(16, 16)], [(64, 64), (32, 32), (16, 16)],
                   [(32, 32)], [(64, 64)]):
         label = " + ".join(f"{h}×{w}" for h, w in sizes)
-        n_tests.append(f"| {label} | {nfa.log10_num_tests_tree(sizes):.2f} | {nfa.log10_num_tests_block(sizes):.2f} |")
+        n_tests.append(f"| {label} | {nfa.log10_num_tests_tree(sizes):.2f} | {nfa_block.log10_num_tests_block(sizes):.2f} |")
 
-    max_tree_path = ("skimage's compiled core, maps framed by unvisited pixels" if nfa._skimage_max_tree_core
+    max_tree_path = ("skimage's compiled core, maps framed by unvisited pixels" if component_tree._skimage_max_tree_core
                      is not None else "public skimage max_tree on a mosaic (fallback)")
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""

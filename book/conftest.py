@@ -3,6 +3,11 @@
 The committed outputs come from a clean run in CI mode with the shared offline MobileNetV2 weights and the real
 MVTec AD bottle category beside the repository (``../shared``); without them the numbers differ by design
 (random weights, generated data only), so an exact comparison would only report that difference.
+
+The printed numbers of a trained flow move in their last digit with the CPU's vector instructions (AVX-512 and
+AVX2 kernels round differently, and training amplifies it), so the kernels that run the chapters are pinned to
+the AVX2 code paths of ATen, oneDNN and MKL (:data:`CPU_PINS`): any x86-64 CPU with AVX2 then gives the committed
+outputs. ``.ci/execute_chapters.py`` executes the chapters under the same pins.
 """
 
 from __future__ import annotations
@@ -15,6 +20,11 @@ import pytest
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 os.environ.setdefault("UFLOW_BOOK_MODE", "ci")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+#: Environment of the kernels that execute the chapters (read by torch, oneDNN and MKL when they load).
+CPU_PINS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2", "PYTHONHASHSEED": "0"}
+for _name, _value in CPU_PINS.items():
+    os.environ.setdefault(_name, _value)
 
 
 def pytest_collection_modifyitems(config, items):

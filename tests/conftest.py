@@ -37,3 +37,31 @@ def generated_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("generated")
     make_dataset(root, seed=0)
     return root
+
+
+# ----------------------------------------------------------------------------------------------- browser test
+BROWSER_TESTS = "test_rendered_book.py"
+BROWSER_SKIPPED = "browser tests SKIPPED"  # a key of its own in the summary line: "…, 14 browser tests SKIPPED in …"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say loudly when the browser tests (tests/test_rendered_book.py) were skipped.
+
+    Without Chromium they skip outside CI (``CI=true`` makes them fail), and ``make browser`` does not stop on a
+    failed install outside CI, so a run could look green with the rendered book never opened. This adds one
+    ``BROWSER TEST SKIPPED: <reason>`` line just above the summary line, and a count of its own in that line
+    (which also turns it from green to yellow).
+    """
+    skipped = [rep for rep in terminalreporter.stats.get("skipped", [])
+               if rep.nodeid.split("::")[0].endswith(BROWSER_TESTS)]
+    if not skipped:
+        return
+    reasons: dict[str, int] = {}
+    for rep in skipped:
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    for reason, n in reasons.items():
+        terminalreporter.write_sep("!", f"BROWSER TEST SKIPPED: {n} test(s) of tests/{BROWSER_TESTS}: {reason}",
+                                   yellow=True, bold=True)
+    terminalreporter.stats.setdefault(BROWSER_SKIPPED, []).extend(skipped)

@@ -1,9 +1,10 @@
 r"""Plain, literal reference implementations of the two NFAs (test-only, slow on purpose: readable first).
 
-The tree NFA follows section 7 of the method description step by step and shares nothing with
-``uflow_lib.nfa`` except torch's interpolation: the component tree is built from the definition (connected
-components of the upper level sets, grown level by level with a union-find), regions are explicit pixel sets,
-and Procedures 1 and 2 rewrite a ``networkx.DiGraph`` until nothing changes. The block NFA unfolds every
+The tree NFA follows Tailanian, Pardo, Musé (U-Flow, J. Math. Imaging Vis. 2024,
+doi:10.1007/s10851-024-01193-y) step by step and shares nothing with ``uflow_lib.nfa`` except torch's
+interpolation: the component tree is built from the definition (connected components of the upper level sets,
+grown level by level with a union-find), regions are explicit pixel sets, and Procedures 1 and 2 rewrite a
+``networkx.DiGraph`` until nothing changes. The block NFA unfolds every
 window of every channel with numpy and calls ``scipy.stats.binom`` elementwise.
 """
 

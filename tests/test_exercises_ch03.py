@@ -35,7 +35,7 @@ def latent_shapes_by_hand(channels, sizes):
 
 
 def test_graph_reference_golden():
-    # hand-derived in the method notes: MS-CaiT and resnet18
+    # derived by hand from the split rule (chapter 3): MS-CaiT and resnet18
     assert _graph_latent_shapes([768, 384], [28, 14]) == [(816, 28, 28), (192, 14, 14)]
     assert _graph_latent_shapes([64, 128, 256], [64, 32, 16]) == [(84, 64, 64), (80, 32, 32), (128, 16, 16)]
 

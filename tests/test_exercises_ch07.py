@@ -19,7 +19,7 @@ from uflow_lib.exercises.ch07 import (
     check_parallel_flow_parameters,
     check_standardise,
 )
-from uflow_lib.sanflow import expected_normal_log_likelihood
+from uflow_lib.inverse_gamma import expected_normal_log_likelihood
 
 
 def _stub(*args):

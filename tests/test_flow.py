@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from uflow_lib import build_uflow
-from uflow_lib.flow import count_trainable_parameters, latent_shapes
+from uflow_lib.flow_blocks import count_trainable_parameters
+from uflow_lib.methods.uflow import latent_shapes
 
 
 def test_mcait_parameter_count_and_latent_shapes():
@@ -20,7 +21,7 @@ def test_mcait_parameter_count_and_latent_shapes():
 
 
 def test_stage_parameter_counts_match_the_spec():
-    # stage at 384 channels: 2,217,216; stage at 816 channels: 9,999,264 (uflow-method.md section 4)
+    # stage at 384 channels: 2,217,216; stage at 816 channels: 9,999,264 (counted by hand in chapter 3)
     coarse_only = build_uflow([384], [14])
     assert count_trainable_parameters(coarse_only) == 2_217_216
     fine_only = build_uflow([816], [28])

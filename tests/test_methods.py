@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from uflow_lib import methods, training
-from uflow_lib.checkpoint import build_extractor_for, build_model, load_trained
+from uflow_lib.checkpoint import load_trained
 from uflow_lib.cli import main
-from uflow_lib.config import METHODS, TrainConfig, ci_config
-from uflow_lib.evaluation import default_nfa_scales, evaluate_checkpoint, latent_sides, predict_maps
+from uflow_lib.config import TrainConfig
 from uflow_lib.data import MVTecDataset
-from uflow_lib.msflow import msflow_lr_lambda
+from uflow_lib.evaluation import default_nfa_scales, evaluate_checkpoint, latent_sides, predict_maps
+from uflow_lib.methods import METHODS, build_extractor_for, build_model, ci_config, resolve, sanflow
+from uflow_lib.methods.msflow import msflow_lr_lambda
 from uflow_lib.scoring import mean_z2
 
 
@@ -42,8 +43,8 @@ def test_each_method_reads_its_own_stages_and_has_the_documented_size():
     """Stages and parameter counts at 256 with MobileNetV2 (counts derived by hand in msflow.py / sanflow.py)."""
     want = {"uflow": ([32, 96], [32, 16]), "msflow": ([24, 32, 96], [64, 32, 16]), "sanflow": ([32, 96, 320], [32, 16, 8])}
     for method in METHODS:
-        cfg = TrainConfig(data=".", category="texture", out=".", method=method, backbone="mobilenetv2",
-                          pretrained=False).resolved()
+        cfg = resolve(TrainConfig(data=".", category="texture", out=".", method=method, backbone="mobilenetv2",
+                          pretrained=False))
         extractor = build_extractor_for(cfg)
         assert (extractor.channels, extractor.feature_sizes(256)) == want[method]
         model = build_model(cfg, extractor)
@@ -56,12 +57,12 @@ def test_each_method_reads_its_own_stages_and_has_the_documented_size():
 
 
 def test_method_settings_fill_defaults():
-    ms = TrainConfig(data=".", category="bottle", out=".", method="msflow", backbone="mobilenetv2").resolved()
+    ms = resolve(TrainConfig(data=".", category="bottle", out=".", method="msflow", backbone="mobilenetv2"))
     assert (ms.epochs, ms.batch_size, ms.lr) == (100, 8, 1e-4)  # MSFlow's recipe, not U-Flow's bottle row
-    san = TrainConfig(data=".", category="bottle", out=".", method="sanflow", backbone="mobilenetv2").resolved()
+    san = resolve(TrainConfig(data=".", category="bottle", out=".", method="sanflow", backbone="mobilenetv2"))
     assert (san.epochs, san.batch_size, san.lr) == (200, 8, 5e-4)
-    with pytest.raises(ValueError, match="unknown method"):
-        TrainConfig(data=".", category="bottle", out=".", method="cflow")
+    with pytest.raises(ValueError, match="unknown method 'cflow'; choose one of uflow, msflow, sanflow"):
+        resolve(TrainConfig(data=".", category="bottle", out=".", method="cflow"))
 
 
 def test_msflow_and_sanflow_refuse_mcait():
@@ -100,14 +101,14 @@ def test_resume_continues_exactly(tiny_root, tmp_path, method):
 
 def test_sanflow_sees_different_synthetic_anomalies_every_batch(monkeypatch, tiny_root, tmp_path):
     seen = []
-    original = methods.synthesize_anomalies
+    original = sanflow.synthesize_anomalies
 
     def spy(images, rng):
         out, masks = original(images, rng)
         seen.append(masks.sum().item())
         return out, masks
 
-    monkeypatch.setattr(methods, "synthesize_anomalies", spy)
+    monkeypatch.setattr(sanflow, "synthesize_anomalies", spy)
     training.train(_cfg(tiny_root, tmp_path, "sanflow", epochs=2), progress=False)
     assert len(seen) == 4 and len(set(seen)) > 1  # 2 epochs × 2 batches, not the same masks each time
 
@@ -134,8 +135,7 @@ def test_evaluate_any_method(tiny_root, tmp_path, method):
     assert ("aupro_pixel_map" in m) == (method == "msflow")  # MSFlow: AUPRO on the product map, both reported
     cfg, extractor, model, _ = load_trained(res.checkpoint)
     test = MVTecDataset(tiny_root, "texture", "test", input_size=128, mask_size=64)
-    pred = predict_maps(model, extractor, test, nfa=None, out_size=64, progress=False, method=method,
-                        keep_latents=True)
+    pred = predict_maps(model, extractor, test, nfa=None, out_size=64, progress=False, keep_latents=True)
     assert pred["score"].shape == (len(test), 64, 64) and pred["image_score"].shape == (len(test),)
     assert [z.shape[-1] for z in pred["latents"]] == latent_sides(model) and len(pred["latents"][0]) == len(test)
     np.testing.assert_allclose(mean_z2(pred["latents"]).numpy(), pred["mean_z2"], rtol=1e-6)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
+import torch
 
 from uflow_lib import metrics
 from uflow_lib.metrics import aupro, image_auroc, iou_per_image, miou, oracle_miou, pixel_auroc, pro_curve
@@ -48,7 +49,6 @@ def test_pixel_auroc_matches_sklearn_on_flattened_pixels() -> None:
 
 
 def test_torch_tensors_are_accepted() -> None:
-    torch = pytest.importorskip("torch")
     maps, masks = blobs(2)
     assert aupro(torch.from_numpy(maps).float(), torch.from_numpy(masks)) == pytest.approx(
         aupro(maps.astype(np.float32), masks), abs=1e-12

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from uflow_lib.model import ChannelStandardizer, UFlow, nll_loss
+from uflow_lib.flow_blocks import nll_loss
+from uflow_lib.methods.uflow import ChannelStandardizer, UFlow
 
 
 def test_loss_is_per_sample_mean_not_batch_sum():

@@ -7,11 +7,9 @@ import math
 import pytest
 import torch
 
-from uflow_lib.flow import count_trainable_parameters
-from uflow_lib.msflow import (
-    FusionCoupling, MSFlow, MSFlowTrainConfig, msflow_anomaly_maps, msflow_loss, msflow_lr_lambda, pool_features,
-    positional_encoding_2d, soft_clamp,
-)
+from uflow_lib.flow_blocks import count_trainable_parameters, nll_loss, positional_encoding_2d
+from uflow_lib.methods.msflow import (RECIPE, FusionCoupling, MSFlow, MSFlowMethod, msflow_anomaly_maps,
+                                      msflow_lr_lambda, pool_features, soft_clamp)
 
 
 def _parallel_params(c: int, blocks: int, pos: int = 64) -> int:
@@ -159,7 +157,7 @@ def test_loss_by_hand():
     z = [torch.ones(2, 3, 2, 2), torch.full((2, 1, 1, 1), 2.0)]
     log_det = torch.tensor([1.0, -3.0])
     # per sample: ½(12·1 + 4) = 8; minus log-det → 7 and 11; mean 9
-    assert msflow_loss(z, log_det).item() == pytest.approx(9.0)
+    assert nll_loss(z, log_det).item() == pytest.approx(9.0)
 
 
 def test_aggregation_by_hand():
@@ -202,9 +200,9 @@ def test_learning_rate_schedule_golden_values():
     got = [msflow_lr_lambda(e) for e in (0, 6, 12, 69, 70, 89, 90, 99)]
     want = [0.1, 0.55, 1.0, 1.0, 0.33, 0.33, 0.33**2, 0.33**2]
     assert got == pytest.approx(want)
-    cfg = MSFlowTrainConfig()
-    assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.grad_clip_norm, cfg.seed) == (1e-4, 8, 100, 2.0, 9826)
-    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    assert (RECIPE.lr, RECIPE.batch_size, RECIPE.epochs, MSFlowMethod.grad_clip) == (1e-4, 8, 100, 2.0)
+    assert MSFlowMethod().recipe("bottle") == MSFlowMethod().recipe("screw") == RECIPE  # one recipe for all
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=RECIPE.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, msflow_lr_lambda)
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-5)
     for _ in range(70):

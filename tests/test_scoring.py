@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from uflow_lib.scoring import (anomaly_map, anomaly_score_map, image_scores, log_likelihood_maps, mean_z2,
-                               _log_upsample)
+from uflow_lib.methods.uflow import anomaly_map, anomaly_score_map
+from uflow_lib.scoring import image_scores, log_likelihood_maps, log_upsample, mean_z2
 
 
 def test_log_likelihood_is_mean_over_channels():
@@ -28,7 +28,7 @@ def test_log_domain_upsampling_matches_bilinear():
     torch.manual_seed(0)
     logp = -torch.rand(2, 1, 7, 5).double() * 5
     ref = F.interpolate(logp.exp(), size=(16, 16), mode="bilinear", align_corners=False).log()
-    torch.testing.assert_close(_log_upsample(logp, 16), ref)
+    torch.testing.assert_close(log_upsample(logp, 16), ref)
 
 
 def test_score_map_is_monotone_in_the_paper_map():
@@ -61,3 +61,16 @@ def test_mean_z2_of_standard_normal_is_one():
     torch.manual_seed(0)
     z = [torch.randn(3, 64, 16, 16), torch.randn(3, 32, 8, 8)]
     assert torch.allclose(mean_z2(z), torch.ones(3), atol=0.03)
+
+
+def test_mean_z2_pools_every_entry_of_every_scale():
+    """Hand-checked: the mean runs over all entries of all scales together, not over the per-scale means."""
+    fine = torch.tensor([[[[1.0, 1.0], [1.0, 1.0]]],  # (3, 1, 2, 2): 4 entries per image
+                         [[[2.0, 2.0], [2.0, 2.0]]],
+                         [[[0.0, 1.0], [2.0, 3.0]]]])
+    coarse = torch.tensor([[3.0, 3.0], [0.0, 0.0], [1.0, -2.0]]).view(3, 2, 1, 1)  # 2 entries per image
+    # image 0: Σz² = 4 + 18 = 22 over 6 entries → 22/6 (per-scale means would give (1 + 9)/2 = 5)
+    # image 1: Σz² = 16 + 0 = 16 over 6 entries → 16/6 (per-scale: (4 + 0)/2 = 2)
+    # image 2: Σz² = (0 + 1 + 4 + 9) + (1 + 4) = 19 over 6 entries → 19/6 (per-scale: (14/4 + 5/2)/2 = 3)
+    torch.testing.assert_close(mean_z2([fine, coarse]), torch.tensor([22 / 6, 16 / 6, 19 / 6]))
+    torch.testing.assert_close(mean_z2([coarse, fine]), torch.tensor([22 / 6, 16 / 6, 19 / 6]))  # order-free

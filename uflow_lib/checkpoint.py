@@ -1,52 +1,16 @@
-"""Checkpoints: save atomically, load back into a ready model (extractor rebuilt from the saved config)."""
+"""Checkpoints: save atomically, load back, and load back into a ready model (extractor rebuilt from the config)."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .config import TrainConfig
-from .features import FeatureExtractor, build_extractor
+from .features import FeatureExtractor
+from .methods import build_extractor_for, build_model, resolve
 
-__all__ = ["seed_everything", "pick_device", "build_extractor_for", "build_model", "save_checkpoint",
-           "load_checkpoint", "load_trained"]
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def build_extractor_for(cfg: TrainConfig) -> FeatureExtractor:
-    """The frozen extractor a config names, with the backbone stages its method reads."""
-    from .methods import get_method
-
-    indices = get_method(cfg.method).out_indices(cfg.backbone)
-    return build_extractor(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.weights, out_indices=indices)
-
-
-def build_model(cfg: TrainConfig, extractor: FeatureExtractor) -> torch.nn.Module:
-    """A fresh model of ``cfg.method`` (e.g. :class:`~uflow_lib.model.UFlow`) for the extractor's features at
-    ``cfg.input_size``, after the method's :meth:`~uflow_lib.methods.FlowMethod.prepare` (e.g. MSFlow's pooling)."""
-    from .methods import get_method
-
-    cfg = cfg.resolved()
-    method = get_method(cfg.method)
-    raw = [torch.zeros(1, c, s, s) for c, s in zip(extractor.channels, extractor.feature_sizes(cfg.input_size))]
-    sizes = [f.shape[-1] for f in method.prepare(raw)]  # spatial size of each prepared map
-    return method.build(cfg, extractor.channels, sizes)
+__all__ = ["save_checkpoint", "load_checkpoint", "load_trained"]
 
 
 def save_checkpoint(path: str | Path, **content) -> None:
@@ -59,6 +23,7 @@ def save_checkpoint(path: str | Path, **content) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict:
+    """The dict a checkpoint holds (``config``, ``model``, ``epoch``, ...), on the CPU, loaded with ``weights_only``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found; train first: python -m uflow_lib train ... --out DIR")
@@ -70,10 +35,11 @@ def load_trained(
 ) -> tuple[TrainConfig, FeatureExtractor, torch.nn.Module, dict]:
     """Load a checkpoint → ``(config, extractor, model, checkpoint dict)``, both modules on ``device``, eval mode.
 
-    ``weights`` overrides the saved weights file path (e.g. the checkpoint was made on another machine).
+    The model is of the method the checkpoint names. ``weights`` overrides the saved weights file path (e.g. the
+    checkpoint was made on another machine).
     """
     ckpt = load_checkpoint(path)
-    cfg = TrainConfig.from_dict(ckpt["config"]).resolved()
+    cfg = resolve(TrainConfig.from_dict(ckpt["config"]))
     if weights is not None:
         cfg.weights = weights
     extractor = build_extractor_for(cfg).to(device)

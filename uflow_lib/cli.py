@@ -11,7 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from .config import DEFAULT_INPUT_SIZE, METHODS, TrainConfig
+from .config import DEFAULT_INPUT_SIZE, TrainConfig
+from .methods import METHODS
 
 __all__ = ["main", "build_parser"]
 
@@ -20,87 +21,172 @@ examples:
   # a small dataset that needs no download, then a CPU run with the offline MobileNetV2
   python -m uflow_lib make-dataset --out data/generated
   python -m uflow_lib train --data data/generated --category texture --backbone mobilenetv2 \\
-      --weights ../shared/weights/mobilenetv2_100_imagenet_from_tflite.pth --epochs 30 --out runs/texture
+      --weights ../shared/weights/mobilenetv2_100_imagenet_from_tflite.pth --epochs 30 --lr 1e-3 --out runs/texture
   python -m uflow_lib evaluate --checkpoint runs/texture/last.pt --json
   python -m uflow_lib predict --checkpoint runs/texture/last.pt --input some/image.png --out predictions/
 
   # the same data with MSFlow or SANFlow (book chapter 7; CNN backbones only)
-  python -m uflow_lib train --method msflow --data data/generated --category texture --backbone mobilenetv2 \
+  python -m uflow_lib train --method msflow --data data/generated --category texture --backbone mobilenetv2 \\
       --weights ../shared/weights/mobilenetv2_100_imagenet_from_tflite.pth --epochs 30 --lr 1e-3 --out runs/msflow
 
   # the paper's setting on a GPU (MS-CaiT weights download from the Hugging Face hub)
   python -m uflow_lib train --data mvtec_ad --category bottle --backbone mcait --out runs/bottle
 """
 
+#: Where unset epochs, batch size and learning rate come from (the method's recipe for the category).
+_SETTINGS_SOURCE = (
+    "the paper's per-category table for uflow (200 epochs, batch 8, lr 1e-4 for a category outside it), the "
+    "method's own recipe for msflow/sanflow"
+)
+
+# Options shared by several subcommands are declared once, in these parent parsers (argparse ``parents=``), so
+# their names, defaults and help texts cannot drift apart. Each function returns a fresh parent. A subcommand's
+# own required options go in a first, local parent so that ``--help`` lists them first.
+
+
+def _parent() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(add_help=False)
+
+
+def _device_parent() -> argparse.ArgumentParser:
+    """``--device``: train, evaluate, predict, reproduce."""
+    p = _parent()
+    p.add_argument("--device", default="auto",
+                   help="torch device: auto (the default: CUDA if available, else CPU), cpu, cuda, cuda:1, ...")
+    return p
+
+
+def _progress_parent() -> argparse.ArgumentParser:
+    """``--no-progress``: train, evaluate, reproduce."""
+    p = _parent()
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _weights_parent() -> argparse.ArgumentParser:
+    """``--weights``: train, evaluate, predict, reproduce."""
+    p = _parent()
+    p.add_argument("--weights",
+                   help="local weights file of a CNN backbone, for offline use (mcait always loads from the hub). "
+                        "Default: train/reproduce download ImageNet weights from the hub; evaluate/predict use "
+                        "the file the checkpoint was trained with (pass --weights if it moved)")
+    return p
+
+
+def _method_select_parent() -> argparse.ArgumentParser:
+    """``--method`` that chooses what to train: train, reproduce."""
+    p = _parent()
+    p.add_argument("--method", default="uflow", choices=METHODS,
+                   help="flow method to train (default: uflow, the paper's; msflow and sanflow need a CNN backbone "
+                        "and use their own recipes)")
+    return p
+
+
+def _method_check_parent() -> argparse.ArgumentParser:
+    """``--method`` that only checks a checkpoint (which records its own method): evaluate, predict."""
+    p = _parent()
+    p.add_argument("--method", choices=METHODS,
+                   help="only check that the checkpoint holds a model of this method (it records its own; "
+                        "default: no check)")
+    return p
+
+
+def _checkpoint_parent() -> argparse.ArgumentParser:
+    """``--checkpoint``: evaluate, predict."""
+    p = _parent()
+    p.add_argument("--checkpoint", required=True,
+                   help="a last.pt (or best_on_test.pt) written by train or reproduce")
+    return p
+
+
+def _nfa_scales_parent() -> argparse.ArgumentParser:
+    """``--nfa-scales``: evaluate, predict (the rule is uflow_lib.evaluation.default_nfa_scales)."""
+    p = _parent()
+    p.add_argument("--nfa-scales", type=int, nargs="+",
+                   help="latent scale indices (0 = finest) that enter the tree NFA. Default: all scales for mcait; "
+                        "for CNN backbones the one scale whose latent side is nearest 16 (the coarser on a tie)")
+    return p
+
+
+def _training_run_parent() -> argparse.ArgumentParser:
+    """What a training run needs beyond its data and output: train, reproduce."""
+    p = _parent()
+    p.add_argument("--backbone", default="mcait", choices=sorted(DEFAULT_INPUT_SIZE),
+                   help="feature extractor (default: mcait, the paper's, at 448 px; CPU users: mobilenetv2 or "
+                        "resnet18, at 256 px; msflow and sanflow need a CNN)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="random backbone weights instead of ImageNet ones (only for tests; results are poor)")
+    p.add_argument("--epochs", type=int,
+                   help="number of epochs (default: the paper's per-category table for uflow, the method's own "
+                        "recipe for msflow/sanflow; see the description)")
+    p.add_argument("--max-minutes", type=float,
+                   help="stop cleanly at the first epoch boundary after this many minutes of training (reproduce: "
+                        "per category); running the same command again resumes")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="evaluate on the test set every N epochs and keep best_on_test.pt, the epoch of highest "
+                        "test pixel AUROC (NOT the paper's last-epoch protocol; reproduce reports it in separate "
+                        "columns); default 0 = never")
+    p.add_argument("--cache-dir",
+                   help="folder to cache the training images' backbone features between runs (unused by sanflow, "
+                        "which augments the images at every step)")
+    return p
+
 
 def _add_train(sub) -> None:
+    head = _parent()
+    head.add_argument("--data", required=True, help="MVTec-layout root folder (contains <category>/train/good)")
+    head.add_argument("--category", required=True, help="category folder name, e.g. bottle")
+    head.add_argument("--out", required=True, help="output folder for last.pt (and best_on_test.pt)")
     p = sub.add_parser(
-        "train",
+        "train", parents=[head, _method_select_parent(), _training_run_parent(), _weights_parent(), _device_parent(),
+                          _progress_parent()],
         help="train U-Flow (or MSFlow, SANFlow) on the normal images of one category (resumable)",
-        description="Train U-Flow on <data>/<category>/train/good. Writes <out>/last.pt after every epoch; "
-        "running the same command again resumes from it. Unset epochs/batch/lr come from the paper's "
-        "per-category table (uflow_lib.config.CATEGORY_SETTINGS), or for --method msflow/sanflow from their "
-        "own recipes (uflow_lib.config.METHOD_SETTINGS).",
+        description="Train U-Flow (or --method msflow/sanflow) on <data>/<category>/train/good. Writes "
+        "<out>/last.pt after every epoch; running the same command again resumes from it. Unset epochs/batch "
+        f"size/lr come from {_SETTINGS_SOURCE}.",
     )
-    p.add_argument("--method", default="uflow", choices=METHODS,
-                   help="flow method (default: uflow, the paper; msflow and sanflow need a CNN backbone)")
-    p.add_argument("--data", required=True, help="MVTec-layout root folder (contains <category>/train/good)")
-    p.add_argument("--category", required=True, help="category folder name, e.g. bottle")
-    p.add_argument("--backbone", default="mcait", choices=sorted(DEFAULT_INPUT_SIZE),
-                   help="feature extractor (default: mcait, the paper's; CPU users: mobilenetv2 or resnet18)")
-    p.add_argument("--weights", help="local backbone weights file (offline); default: download from the hub")
-    p.add_argument("--random-weights", action="store_true",
-                   help="random backbone weights (only for tests; results are poor)")
-    p.add_argument("--epochs", type=int, help="number of epochs (default: the paper's table)")
-    p.add_argument("--batch-size", type=int, help="batch size (default: the paper's table)")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default: the paper's table)")
-    p.add_argument("--input-size", type=int, help="image side in pixels (default: 448 for mcait, 256 otherwise)")
+    p.add_argument("--batch-size", type=int, help="batch size (default: as for --epochs)")
+    p.add_argument("--lr", type=float,
+                   help="Adam learning rate: constant for uflow, the peak of the msflow/sanflow schedules "
+                        "(default: as for --epochs)")
+    p.add_argument("--input-size", type=int,
+                   help=f"image side in pixels (default: {DEFAULT_INPUT_SIZE['mcait']} for mcait, which needs it; "
+                        f"{DEFAULT_INPUT_SIZE['mobilenetv2']} for CNN backbones)")
     p.add_argument("--flow-steps", type=int, default=4, help="U-Flow: coupling blocks per flow stage (default: 4)")
     p.add_argument("--variance-size", type=int, default=128,
                    help="SANFlow: image side the variance network sees (0 = the full input; default 128)")
     p.add_argument("--norm", choices=["standardize", "layernorm", "layernorm_noaffine", "identity"],
                    help="U-Flow: feature normalisation (default: standardize for CNNs, identity for mcait)")
-    p.add_argument("--max-minutes", type=float, help="stop cleanly at an epoch boundary after this many minutes")
-    p.add_argument("--eval-every", type=int, default=0,
-                   help="evaluate on the test set every N epochs and keep best_on_test.pt (labelled: NOT the "
-                        "paper's last-epoch protocol); default 0 = never")
-    p.add_argument("--cache-dir", help="folder to cache backbone features between runs")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--out", required=True, help="output folder for last.pt (and best_on_test.pt)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the initialisation, the shuffling and SANFlow's synthetic anomalies (default: 0)")
 
 
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="metrics of a checkpoint on the test split",
+    p = sub.add_parser("evaluate", parents=[_checkpoint_parent(), _method_check_parent(), _weights_parent(),
+                                            _nfa_scales_parent(), _device_parent(), _progress_parent()],
+                       help="metrics of a checkpoint on the test split",
                        description="Evaluate a checkpoint at 256×256: pixel/image AUROC, AUPRO, mIoU of the "
                                    "automatic NFA threshold and of the oracle threshold, mean z² of normal images.")
-    p.add_argument("--checkpoint", required=True, help="a last.pt written by train")
-    p.add_argument("--method", choices=METHODS, help="check that the checkpoint is of this method (it knows its own)")
     p.add_argument("--data", help="MVTec-layout root (default: the one used for training)")
     p.add_argument("--category", help="category (default: the one used for training)")
-    p.add_argument("--weights", help="backbone weights file, if it moved since training")
     p.add_argument("--nfa-bound", default="valid", choices=["valid", "paper"],
-                   help="Chernoff bound form for the tree NFA (default: valid)")
-    p.add_argument("--nfa-scales", type=int, nargs="+", help="scale indices (0 = finest) used by the NFA (default: all for mcait, the coarsest for CNNs)")
-    p.add_argument("--no-nfa", action="store_true", help="skip the NFA segmentation (faster)")
-    p.add_argument("--device", default="auto")
+                   help="Chernoff bound form for the tree NFA: valid (clamped at the χ² mean; the default) or "
+                        "paper (the authors' unclamped form)")
+    p.add_argument("--no-nfa", action="store_true", help="skip the NFA segmentation and its mIoU metrics (faster)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--no-progress", action="store_true")
 
 
 def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="anomaly map and NFA mask PNGs for an image or a folder",
+    head = _parent()
+    head.add_argument("--input", required=True, help="an image file or a folder of images")
+    head.add_argument("--out", required=True, help="output folder")
+    p = sub.add_parser("predict", parents=[_checkpoint_parent(), head, _method_check_parent(), _weights_parent(),
+                                           _nfa_scales_parent(), _device_parent()],
+                       help="anomaly map and NFA mask PNGs for an image or a folder",
                        description="Write <stem>_anomaly.png (the method's score map as gray levels, one scale "
                                    "for all the given images) and <stem>_nfa_mask.png (automatic a contrario "
-                                   "segmentation) for each image.")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--method", choices=METHODS, help="check that the checkpoint is of this method (it knows its own)")
-    p.add_argument("--input", required=True, help="an image file or a folder of images")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--weights", help="backbone weights file, if it moved since training")
-    p.add_argument("--nfa-scales", type=int, nargs="+")
-    p.add_argument("--device", default="auto")
+                                   "segmentation, valid bound) for each image, both 256×256. SANFlow's maps "
+                                   "depend on the set of images: pass a folder.")
 
 
 def _add_make_dataset(sub) -> None:
@@ -113,26 +199,23 @@ def _add_make_dataset(sub) -> None:
 
 
 def _add_reproduce(sub) -> None:
-    p = sub.add_parser("reproduce", help="train + evaluate many categories and write the paper's table",
-                       description="Train each category with the paper's settings (resumable), evaluate the last "
-                                   "epoch and write <out>/results.md and results.csv beside the paper's numbers.")
-    p.add_argument("--data", required=True, help="MVTec AD root (with --download: where to unpack it)")
-    p.add_argument("--out", required=True, help="output folder (one subfolder per category + the tables)")
+    head = _parent()
+    head.add_argument("--data", required=True, help="MVTec AD root (with --download: where to unpack it)")
+    head.add_argument("--out", required=True, help="output folder (one subfolder per category + the tables)")
+    p = sub.add_parser("reproduce", parents=[head, _method_select_parent(), _training_run_parent(), _weights_parent(),
+                                             _device_parent(), _progress_parent()],
+                       help="train + evaluate many categories and write the paper's table",
+                       description="Train each category (resumable), evaluate its last epoch and write "
+                                   "<out>/results.md and results.csv beside the paper's numbers (U-Flow's on MVTec "
+                                   "AD; blank for other methods and categories). Unset epochs/batch size/lr come "
+                                   f"from {_SETTINGS_SOURCE}.")
     p.add_argument("--categories", nargs="+", help="default: all 15 MVTec AD categories")
-    p.add_argument("--method", default="uflow", choices=METHODS,
-                   help="flow method (default: uflow; msflow/sanflow use their own recipes and a CNN backbone)")
-    p.add_argument("--backbone", default="mcait", choices=sorted(DEFAULT_INPUT_SIZE))
-    p.add_argument("--weights", help="local backbone weights file")
-    p.add_argument("--random-weights", action="store_true", help="random backbone weights (tests only)")
-    p.add_argument("--epochs", type=int, help="override the paper's epochs for every category")
-    p.add_argument("--max-minutes", type=float, help="per category: stop at an epoch boundary after this long")
-    p.add_argument("--eval-every", type=int, default=0, help="also track best-on-test (reported separately)")
-    p.add_argument("--cache-dir", help="folder to cache backbone features")
     p.add_argument("--download", action="store_true",
-                   help="download MVTec AD (4.9 GB, SHA-256 checked) into --data first, unless already there")
-    p.add_argument("--archive", help="an existing mvtec_anomaly_detection.tar.xz (e.g. on Google Drive) to unpack")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
+                   help="first make the --categories available under --data: download MVTec AD (4.9 GB, SHA-256 "
+                        "checked) and unpack them, unless they are already there")
+    p.add_argument("--archive",
+                   help="an mvtec_anomaly_detection.tar.xz (e.g. on Google Drive) to unpack into --data instead "
+                        "of downloading; implies --download (a missing file is downloaded to this path)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ The MVTec AD layout (Bergmann et al., CVPR 2019), also written by :func:`uflow_l
 Images become RGB (grayscale categories such as grid, screw and zipper are repeated to three channels, an
 alpha channel is dropped) and are resized with PIL's antialiased bilinear filter. They stay in [0, 1] and are
 *not* normalised: each feature extractor applies its own mean and std. Masks are resized bilinearly to the
-evaluation resolution and binarised at 0.5 (method notes, section 2).
+evaluation resolution and binarised at 0.5.
 
 The mask of ``test/<defect>/<stem>.png`` is found from the path's parts, as
 ``<category>/ground_truth/<defect>/<stem>_mask.png``; it is never made by replacing the text "test" in the

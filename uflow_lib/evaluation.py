@@ -1,6 +1,6 @@
 """Evaluation on the test split: maps at 256×256, then the paper's metrics (book chapters 4–7).
 
-``predict_maps`` runs a model of any method (:mod:`uflow_lib.methods`) once over a dataset and keeps everything
+``predict_maps`` runs a model of any method (:mod:`uflow_lib.methods`, recognised from the model) once over a dataset and keeps everything
 later steps need (score maps, −log10 NFA maps, masks, labels, image scores, mean z²); ``compute_metrics`` turns
 that into numbers, the same code for every method.
 """
@@ -15,10 +15,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import metrics as M
-from .checkpoint import load_trained, pick_device
+from .checkpoint import load_trained
 from .config import TrainConfig
 from .data import MVTecDataset
-from .methods import get_method
+from .methods import method_of, resolve
+from .nfa import tree_nfa
+from .nfa_block import block_nfa
+from .runtime import pick_device
 from .scoring import mean_z2
 
 __all__ = ["default_nfa_scales", "latent_sides", "predict_maps", "compute_metrics", "evaluate_model", "evaluate_checkpoint", "EVAL_SIZE"]
@@ -37,8 +40,8 @@ def default_nfa_scales(backbone: str, n_scales: int, sizes: Sequence[int] | None
     MS-CaiT: both scales, as in the paper (28² + 14²: log10 N_T ≈ 477, and 816 channels per pixel make a
     region's Chernoff bound steep). CNN backbones: only the coarsest scale. Their fine maps are large and thin
     (MobileNetV2: 44 channels at 32², log10 N_T ≈ 623 with both scales, 155 with the 16² scale alone), so
-    adding them costs more in the number of tests than it brings: on bottle the automatic mIoU is 0.425 with
-    the 16² scale alone, 0.299 with both, 0.249 with the 32² one (benchmarks/results/bottle_mobilenetv2.md).
+    adding them costs more in the number of tests than it brings (chapter 5 measures the choices on bottle,
+    benchmarks/results/bottle_mobilenetv2.md).
     """
     if backbone == "mcait" or n_scales == 1:
         return None
@@ -59,10 +62,9 @@ def predict_maps(
     nfa_scales: Sequence[int] | None = None,
     out_size: int = EVAL_SIZE,
     progress: bool = True,
-    method: str = "uflow",
     keep_latents: bool = False,
 ) -> dict:
-    """Run ``extractor`` + ``model`` (of ``method``) over ``dataset``.
+    """Run ``extractor`` + ``model`` (of any method: :func:`uflow_lib.methods.method_of`) over ``dataset``.
 
     Returns a dict of numpy arrays: ``score`` (N, H, W) the method's pixel score map (for U-Flow the
     non-saturating likelihood score), ``image_score`` (N,), ``mean_z2`` (N,) of the NFA latents, ``mask``
@@ -71,10 +73,9 @@ def predict_maps(
     ``log_prob<l>``, ``variance<l>``). ``keep_latents``: also ``latents``, the NFA latents of the whole set
     (list over scales of ``(N, C_s, h_s, w_s)`` float32 tensors; for SANFlow z/σ).
     """
-    if nfa is not None:
-        from .nfa import block_nfa, tree_nfa
-
-    flow_method = get_method(method)
+    if nfa not in (None, "tree", "block"):
+        raise ValueError(f"nfa must be 'tree', 'block' or None, got {nfa!r}")
+    flow_method = method_of(model)
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     out: dict[str, list] = {k: [] for k in ("mean_z2", "mask", "label", "nfa")}
@@ -92,8 +93,6 @@ def predict_maps(
             out["nfa"].append(tree_nfa(z, out_size, bound=nfa_bound, scales=nfa_scales)[:, 0].float().numpy())
         elif nfa == "block":
             out["nfa"].append(block_nfa(z, out_size)[:, 0].float().numpy())
-        elif nfa is not None:
-            raise ValueError(f"nfa must be 'tree', 'block' or None, got {nfa!r}")
     pred = flow_method.finalize({k: np.concatenate(v) for k, v in out.items() if v}, out_size)
     if keep_latents:
         pred["latents"] = [torch.cat(scale) for scale in zip(*latents)]
@@ -124,22 +123,21 @@ def compute_metrics(pred: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def latent_sides(model: torch.nn.Module) -> list[int]:
-    """Side of each latent map of ``model`` (any method), fine → coarse."""
-    if hasattr(model, "latent_shapes"):  # U-Flow: (C, h, w) per scale
-        return [s[-1] for s in model.latent_shapes]
-    return [w for _, w in model.sizes]  # MSFlow, SANFlow: (h, w) per scale
+    """Side of each NFA latent map of ``model`` (any method), fine → coarse."""
+    return method_of(model).latent_sides(model)
 
 
 def evaluate_model(
     model, extractor, cfg: TrainConfig, device="cpu", progress: bool = True, nfa: bool = True, **kwargs
 ) -> dict[str, float]:
     """Metrics of ``model`` on the test split of ``cfg.data/cfg.category``."""
-    cfg = cfg.resolved()
+    cfg = resolve(cfg)
+    if method_of(model).name != cfg.method:
+        raise ValueError(f"the model is a {method_of(model).name} model, but the config says {cfg.method}")
     dataset = MVTecDataset(cfg.data, cfg.category, "test", input_size=cfg.input_size, mask_size=EVAL_SIZE)
     if kwargs.get("nfa_scales") is None:
         kwargs["nfa_scales"] = default_nfa_scales(cfg.backbone, len(model.channels), latent_sides(model))
-    pred = predict_maps(model, extractor, dataset, device, nfa="tree" if nfa else None, progress=progress,
-                        method=cfg.method, **kwargs)
+    pred = predict_maps(model, extractor, dataset, device, nfa="tree" if nfa else None, progress=progress, **kwargs)
     return compute_metrics(pred)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import pick_device, seed_everything
+from .runtime import pick_device, seed_everything
 from .features import default_weights_file
 
 __all__ = ["BookContext", "setup", "generated_dataset", "find_mvtec_root"]

@@ -9,10 +9,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoint import load_trained, pick_device
+from .checkpoint import load_trained
 from .data import IMAGE_EXTENSIONS, load_image
 from .evaluation import EVAL_SIZE, default_nfa_scales, latent_sides
 from .methods import get_method
+from .nfa import tree_nfa
+from .runtime import pick_device
 
 __all__ = ["predict_files", "list_images"]
 
@@ -45,8 +47,6 @@ def predict_files(
     score over all the given images (one scale for the whole set, so images can be compared). SANFlow's maps
     depend on the set they are computed on (CFLOW-AD's normalisation by the set maximum): pass a folder.
     """
-    from .nfa import tree_nfa
-
     dev = pick_device(device)
     cfg, extractor, model, _ = load_trained(checkpoint, dev, weights)
     if nfa_scales is None:

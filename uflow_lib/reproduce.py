@@ -116,7 +116,7 @@ def reproduce(
 
     A category whose training stopped early (``max_minutes``) is evaluated at the epoch it reached and marked by
     its ``epochs`` column; run again to continue it. ``method`` trains MSFlow or SANFlow instead (their own
-    recipes, :data:`uflow_lib.config.METHOD_SETTINGS`; they need a CNN backbone).
+    recipes, :mod:`uflow_lib.methods`; they need a CNN backbone).
     """
     out = Path(out)
     rows = []

@@ -1,36 +1,25 @@
-r"""Likelihood anomaly maps and image scores from the latents (book chapter 4).
+r"""Scoring helpers every flow method uses: per-scale log-likelihood maps, their log-domain upsampling, image
+scores and the calibration check mean z² (book chapter 4).
 
-Under the trained flow the latents of normal data are i.i.d. :math:`\mathcal N(0, 1)`. Per scale :math:`s` with
-:math:`C_s` channels the paper uses the likelihood of the *mean* over channels (equal weight per scale, no
+Under a trained flow the latents of normal data are i.i.d. :math:`\mathcal N(0, 1)`. Per scale :math:`s` with
+:math:`C_s` channels the methods use the likelihood of the *mean* over channels (equal weight per scale, no
 underflow):
 
-.. math::
+.. math:: \log p_s(i, j) = -\tfrac12 \cdot \tfrac{1}{C_s} \sum_c z_{s,c,i,j}^2 .
 
-    \log p_s(i, j) = -\tfrac12 \cdot \tfrac{1}{C_s} \sum_c z_{s,c,i,j}^2, \qquad
-    A = 1 - \tfrac1S \sum_s \operatorname{up}(p_s),
-
-with ``up`` the bilinear upsampling to the evaluation size (256). The image score is :math:`\max A`.
-
-In float32 :math:`A` saturates to exactly 1 on strong defects, so different images tie. The library
-therefore also computes the strictly monotone, non-saturating score map
-
-.. math:: S = -\log \tfrac1S \sum_s \operatorname{up}(p_s) \quad (A = 1 - e^{-S}),
-
-with the bilinear upsampling done in the log domain (``logaddexp`` of the two neighbours' weighted
-log-likelihoods along each axis), which ranks pixels and images exactly as :math:`A` would in exact arithmetic.
-Metrics use :math:`S`. ``combine="product"`` gives the joint likelihood of independent scales instead:
-:math:`S_\times = -\sum_s \operatorname{up}(\log p_s)`.
+Each method combines these maps in its own way (U-Flow: :func:`uflow_lib.methods.uflow.anomaly_score_map`;
+MSFlow: :func:`uflow_lib.methods.msflow.msflow_anomaly_maps`). :func:`log_upsample` resizes :math:`p_s`
+bilinearly *in the log domain* (``logaddexp`` of the two neighbours' weighted log-likelihoods along each axis),
+so maps that would underflow or saturate in float32 keep their order.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
-__all__ = ["log_likelihood_maps", "anomaly_map", "anomaly_score_map", "image_scores", "mean_z2"]
+__all__ = ["log_likelihood_maps", "log_upsample", "image_scores", "mean_z2"]
 
 
 def _check_latents(latents: Sequence[torch.Tensor]) -> None:
@@ -50,15 +39,6 @@ def log_likelihood_maps(latents: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return [-0.5 * (z.float() ** 2).mean(dim=1, keepdim=True) for z in latents]
 
 
-def anomaly_map(latents: Sequence[torch.Tensor], out_size: int = 256) -> torch.Tensor:
-    r"""The paper's map :math:`A = 1 - \operatorname{mean}_s \operatorname{up}(p_s)`, ``(B, 1, out, out)`` in [0, 1]."""
-    probs = [
-        F.interpolate(lp.exp(), size=(out_size, out_size), mode="bilinear", align_corners=False)  # (B, 1, out, out)
-        for lp in log_likelihood_maps(latents)
-    ]
-    return 1.0 - torch.stack(probs).mean(dim=0)
-
-
 def _log_bilinear_axis(logx: torch.Tensor, out: int, dim: int) -> torch.Tensor:
     """Bilinear (align_corners=False) resize along ``dim`` of ``exp(logx)``, returned as a log, computed stably."""
     n = logx.shape[dim]
@@ -75,30 +55,9 @@ def _log_bilinear_axis(logx: torch.Tensor, out: int, dim: int) -> torch.Tensor:
     return torch.logaddexp(a, b)
 
 
-def _log_upsample(logx: torch.Tensor, out_size: int) -> torch.Tensor:
+def log_upsample(logx: torch.Tensor, out_size: int) -> torch.Tensor:
     """``(B, 1, h, w)`` log values → ``(B, 1, out, out)`` log of the bilinearly upsampled ``exp(logx)``."""
     return _log_bilinear_axis(_log_bilinear_axis(logx.double(), out_size, 2), out_size, 3)
-
-
-def anomaly_score_map(
-    latents: Sequence[torch.Tensor], out_size: int = 256, combine: str = "mean"
-) -> torch.Tensor:
-    r"""Non-saturating score map, ``(B, 1, out, out)`` float64 (higher = more anomalous).
-
-    ``combine="mean"``: :math:`S = -\log \operatorname{mean}_s \operatorname{up}(p_s)`, a strictly increasing
-    function of the paper's :math:`A`. ``combine="product"``: :math:`S_\times = -\sum_s \operatorname{up}(\log p_s)`.
-    """
-    logps = log_likelihood_maps(latents)
-    if combine == "mean":
-        ups = torch.stack([_log_upsample(lp, out_size) for lp in logps])  # (S, B, 1, out, out)
-        return -(torch.logsumexp(ups, dim=0) - math.log(len(logps)))
-    if combine == "product":
-        ups = [
-            F.interpolate(lp.double(), size=(out_size, out_size), mode="bilinear", align_corners=False)
-            for lp in logps
-        ]
-        return -torch.stack(ups).sum(dim=0)
-    raise ValueError(f"combine must be 'mean' (the paper's average of likelihoods) or 'product', got {combine!r}")
 
 
 def image_scores(score_map: torch.Tensor) -> torch.Tensor:

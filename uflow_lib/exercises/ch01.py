@@ -2,7 +2,7 @@ r"""Checks for the exercises of chapter 1 (feature extraction).
 
 Each ``check_*`` takes the student's function, calls it on cases it builds itself and compares the result
 with an *independent* reference: real ``torch.nn.Conv2d`` layers for sizes, the support of an autograd
-gradient for receptive fields, :class:`uflow_lib.model.ChannelStandardizer` for the standardisation and an
+gradient for receptive fields, :class:`uflow_lib.methods.uflow.ChannelStandardizer` for the standardisation and an
 SVD for the principal components. A wrong, missing (``None``) or unfinished answer raises
 :class:`~uflow_lib.exercises.ExerciseFailed` with a hint.
 """
@@ -166,10 +166,10 @@ def _standardise_case(seed: int, channels: int) -> tuple[torch.Tensor, torch.Ten
 def check_standardise(fn: Callable[..., torch.Tensor]) -> None:
     r"""Exercise 1.4: ``fn(train, x, floor=0.1)`` → ``(x − μ_c) / max(σ_c, floor·median σ)``, shapes ``(N, C, H, W)``.
 
-    Compared with :class:`uflow_lib.model.ChannelStandardizer` (relative tolerance 1e-3, so either the
+    Compared with :class:`uflow_lib.methods.uflow.ChannelStandardizer` (relative tolerance 1e-3, so either the
     unbiased or the biased standard deviation is accepted; absolute tolerance 1e-3 for float32 round-off).
     """
-    from ..model import ChannelStandardizer
+    from ..methods.uflow import ChannelStandardizer
 
     _require_function(fn, "standardise", "(train, x, floor=0.1)")
     for seed, channels, floor in ((0, 32, 0.1), (1, 33, 0.1), (2, 20, 0.3)):
@@ -200,4 +200,4 @@ def check_standardise(fn: Callable[..., torch.Tensor]) -> None:
         err = (got.double() - want.double()).abs().max().item()
         require(False, f"standardise differs from ChannelStandardizer by up to {err:.3g} "
                 f"(C={channels}, floor={floor})", hint)
-    passed("Exercise 1.4", "your standardisation matches uflow_lib.model.ChannelStandardizer")
+    passed("Exercise 1.4", "your standardisation matches uflow_lib.methods.uflow.ChannelStandardizer")

@@ -25,6 +25,7 @@ import torch
 from scipy import stats
 from torch import nn
 
+from ..runtime import numpy_global_seed
 from . import ExerciseFailed, passed, require
 from . import call_student as _call
 from . import require_function as _require_function
@@ -212,13 +213,9 @@ def _saturated_block_coupling_logdet(c: int, h: int, w: int, clamp: float) -> fl
         def forward(self, x: torch.Tensor) -> torch.Tensor:  # (1, c1, h, w) -> (1, 2·c2, h, w)
             return torch.full((x.shape[0], 2 * (c // 2), *x.shape[2:]), 1e4, dtype=torch.float64)
 
-    state = np.random.get_state()
-    try:
-        np.random.seed(0)  # the block draws its hard permutation from numpy's global RNG
+    with numpy_global_seed(0):  # the block draws its hard permutation from numpy's global RNG
         block = Fm.AllInOneBlock([(c, h, w)], subnet_constructor=lambda c_in, c_out: Huge(),
                                  affine_clamping=clamp, permute_soft=False).double()
-    finally:
-        np.random.set_state(state)
     with torch.no_grad():
         _, log_det = block((torch.zeros(1, c, h, w, dtype=torch.float64),))
         scale = block.global_scale_activation(block.global_scale)  # (1, c, 1, 1)

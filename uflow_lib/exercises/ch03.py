@@ -2,7 +2,7 @@ r"""Checks for the exercises of chapter 3 (the U-shaped flow).
 
 Each ``check_*`` takes the student's function, calls it on cases it builds itself and compares the result
 with an *independent* reference: the output shapes and trainable parameters of real FrEIA graphs built by
-:func:`uflow_lib.flow.build_uflow`, FrEIA's own ``IRevNetDownsampling`` for the pixel unshuffle, and a
+:func:`uflow_lib.methods.uflow.build_uflow`, FrEIA's own ``IRevNetDownsampling`` for the pixel unshuffle, and a
 numerical minimisation (``scipy.optimize``) for the latent scale under the batch-summed loss. A wrong,
 missing (``None``) or unfinished answer raises :class:`~uflow_lib.exercises.ExerciseFailed` with a hint.
 """
@@ -16,7 +16,8 @@ from typing import Any
 import FrEIA.modules as Fm
 import torch
 
-from ..flow import build_uflow, count_trainable_parameters
+from ..flow_blocks import count_trainable_parameters
+from ..methods.uflow import build_uflow
 from . import ExerciseFailed, passed, require
 from . import call_student as _call
 from . import require_function as _require_function

@@ -1,7 +1,7 @@
 r"""Checks for the exercises of chapter 4 (likelihood scoring and the metrics).
 
 Each ``check_*`` takes the student's answer (a function, or numbers for the hand case), calls it on cases it
-builds itself and compares the result with an *independent* reference: :func:`uflow_lib.scoring.anomaly_score_map`
+builds itself and compares the result with an *independent* reference: :func:`uflow_lib.methods.uflow.anomaly_score_map`
 for the product of the per-scale likelihoods, :func:`sklearn.metrics.roc_auc_score` for the AUROC,
 :func:`uflow_lib.metrics.pro_curve` for the PRO of the hand case, :func:`uflow_lib.metrics.iou_per_image` for the
 IoU and :func:`scipy.ndimage.gaussian_filter` for the blur, plus small hand-checked cases. A wrong, missing
@@ -21,7 +21,7 @@ from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
 from ..metrics import IOU_EPS, iou_per_image, pro_curve
-from ..scoring import anomaly_score_map
+from ..methods.uflow import anomaly_score_map
 from . import call_student, passed, require, require_function
 
 __all__ = ["check_product_map", "check_auroc", "check_pro_hand_case", "check_iou", "check_blur_maps",
@@ -59,7 +59,7 @@ def check_product_map(fn: Callable[..., torch.Tensor]) -> None:
 
     Shape ``(B, 1, size, size)``; ``latents`` is a list of ``(B, C_s, h_s, w_s)`` tensors (fine → coarse),
     :math:`\log p_s = -\frac12 \operatorname{mean}_c z^2` and ``up`` is bilinear (``align_corners=False``).
-    Compared with :func:`uflow_lib.scoring.anomaly_score_map` (``combine="product"``) on 2 and 3 scales, with
+    Compared with :func:`uflow_lib.methods.uflow.anomaly_score_map` (``combine="product"``) on 2 and 3 scales, with
     up to 816 channels and a strong defect, to a relative tolerance of 1e-5.
     """
     require_function(fn, "product_map", "(latents, size=256)")
@@ -98,7 +98,7 @@ def check_product_map(fn: Callable[..., torch.Tensor]) -> None:
         err = (got - want).abs().max().item()
         require(False, f"for latents {[tuple(z.shape) for z in latents]} your map differs from "
                 f"anomaly_score_map(..., combine='product') by up to {err:.3g}", hint)
-    passed("Exercise 4.1", "your product map matches uflow_lib.scoring.anomaly_score_map(combine='product')")
+    passed("Exercise 4.1", "your product map matches uflow_lib.methods.uflow.anomaly_score_map(combine='product')")
 
 
 # ---------------------------------------------------------------------------------------------------- 4.2

@@ -8,7 +8,7 @@ Each ``check_*`` calls the student's function on cases it builds itself and comp
 * 7.2, the expected Gaussian log-likelihood under an inverse-gamma variance: numerical integration against the
   inverse-gamma density (``scipy.integrate.quad`` with ``scipy.stats.invgamma``);
 * 7.3, the variance the SANFlow loss picks with the coefficient :math:`k` on :math:`\log\beta - \psi(\alpha)`:
-  numerical maximisation of the library's :func:`~uflow_lib.sanflow.expected_normal_log_likelihood` over
+  numerical maximisation of the library's :func:`~uflow_lib.inverse_gamma.expected_normal_log_likelihood` over
   :math:`\log\beta` (``scipy.optimize.minimize_scalar``);
 * 7.4, standardising SANFlow's latents for the NFA: latents built as :math:`\sigma\,\varepsilon` from known
   :math:`\varepsilon`, which the answer must give back.
@@ -39,8 +39,9 @@ def _as_number(value: Any, call: str) -> float:
 
 # ---------------------------------------------------------------------------------------------------- 7.1
 def _parallel_reference(c: int, blocks: int, pos: int) -> int:
-    """Trainable parameters of :func:`uflow_lib.msflow.build_parallel_flow`, counted on the meta device."""
-    from ..msflow import build_parallel_flow, numpy_global_seed
+    """Trainable parameters of :func:`uflow_lib.methods.msflow.build_parallel_flow`, counted on the meta device."""
+    from ..methods.msflow import build_parallel_flow
+    from ..runtime import numpy_global_seed
 
     with numpy_global_seed(0), torch.device("meta"):  # no memory, and the student's numpy RNG is left untouched
         flow = build_parallel_flow(c, blocks, pos)
@@ -152,7 +153,7 @@ def check_expected_log_normal(fn: Callable[[np.ndarray, float, float], float]) -
 def _loss_variance_numeric(q: float, C: int, alpha: float, k: float) -> float:
     r"""Mode :math:`\beta^*/(\alpha+1)` with :math:`\beta^*` maximising the library's expected log-likelihood
     (coefficient ``k``) over :math:`\log\beta`, found numerically."""
-    from ..sanflow import expected_normal_log_likelihood
+    from ..inverse_gamma import expected_normal_log_likelihood
 
     z = torch.zeros(1, C, dtype=torch.float64)
     z[0, 0] = math.sqrt(q)  # only Σ_c z_c² = q matters

@@ -4,13 +4,12 @@ SANFlow (Kim et al.) builds on CFLOW-AD: per backbone layer a 1-D conditional fl
 ("fibre") :math:`x \in \mathbb R^C` with its 2-D positional encoding to :math:`z` (:func:`build_fibre_flow`: 8
 AllInOneBlocks, subnet Linear d→2d → ReLU → Linear, clamp 1.9). It changes two things:
 
-1. **Split base distributions.** Training images get synthetic anomalies (:func:`synthesize_anomalies`; 75 %
-   of the images carry one soft rectangle/circle blend of another training image, or a thin rotated scar cut
-   from the same image) with a mask :math:`m`. Normal positions go to :math:`\mathcal N(0, \sigma^2 I)`,
+1. **Split base distributions.** Training images get synthetic anomalies with a mask :math:`m`
+   (:func:`uflow_lib.augmentation.synthesize_anomalies`). Normal positions go to :math:`\mathcal N(0, \sigma^2 I)`,
    anomalous ones to :math:`\mathcal N(\mathbf 1, \sigma^2 I)`: :math:`\log p = (1-m) \log p_n + m \log p_a`.
    (Augmented features change every step: they cannot be cached like U-Flow's.)
 2. **Statistic-aware variances.** :class:`VarianceNet` maps the normalised image to per-pixel
-   :math:`\log\alpha, \log\beta` of an inverse gamma :math:`\sigma^2 \sim IG(\alpha, \beta)`; one map serves all
+   :math:`\log\alpha, \log\beta` (:mod:`uflow_lib.inverse_gamma`) of an inverse gamma :math:`\sigma^2 \sim IG(\alpha, \beta)`; one map serves all
    layers (sampled nearest at each grid, :func:`sample_at_grid`). :math:`\log\alpha \in [\ln 10^{-8}, \ln 10^4]`;
    the variance used is the mode :math:`\beta/(\alpha+1) \le 5`; the anomalous branch uses it detached.
 
@@ -40,8 +39,7 @@ Quirks of the authors' code, and the choice made here (:class:`SANFlowLossConfig
 - **Objective**: the authors train :math:`-\operatorname{logsigmoid}((\log p + \log|\det J| - L_{KL} -
   0.2\,L_{CE})/C)` (CFLOW-AD's form), which stops pushing positions whose per-dimension log-likelihood is already
   high. Default here: the plain weighted sum above, a negative log-likelihood plus two regularisers whose
-  terms can be read off one by one; measured here it trains as well (other-flows.md). Offered as
-  ``objective="logsigmoid"``.
+  terms can be read off one by one. Offered as ``objective="logsigmoid"``.
 
 Other choices: positional encoding of 128 channels (CFLOW-AD's default, used for the measurements here; the
 authors' SANFlow code uses 512); FrEIA soft (random orthogonal) permutations as CFLOW-AD; the variance net's
@@ -76,129 +74,26 @@ from typing import NamedTuple
 
 import FrEIA.framework as Ff
 import FrEIA.modules as Fm
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .msflow import CLAMP, numpy_global_seed, positional_encoding_2d
+from ..augmentation import synthesize_anomalies
+from ..config import TrainConfig
+from ..flow_blocks import CLAMP, positional_encoding_2d
+from ..inverse_gamma import expected_normal_log_likelihood, gaussian_log_likelihood, ig_kl, ig_mode_variance
+from ..runtime import numpy_global_seed
+from .base import FlowMethod, Recipe, check_cnn_backbone
 
 __all__ = [
-    "ANOMALY_KINDS", "synthesize_anomalies", "sample_at_grid", "VarianceNet", "ig_mode_variance", "subnet_fc",
-    "build_fibre_flow", "SANFlow", "gaussian_log_likelihood", "expected_normal_log_likelihood", "ig_kl",
-    "split_bce", "SANFlowLossConfig", "SANFlowLossTerms", "sanflow_loss_terms", "sanflow_loss",
-    "sanflow_log_prob", "sanflow_anomaly_maps",
+    "sample_at_grid", "VarianceNet", "subnet_fc", "build_fibre_flow", "SANFlow", "split_bce", "SANFlowLossConfig",
+    "SANFlowLossTerms", "sanflow_loss_terms", "sanflow_loss", "sanflow_log_prob", "sanflow_anomaly_maps", "RECIPE",
+    "SANFlowMethod",
 ]
 
-ANOMALY_KINDS = ("rectangle", "circle", "scar")
 LOG_ALPHA_MIN, LOG_ALPHA_MAX = math.log(1e-8), math.log(1e4)
-_LOG_2PI = math.log(2.0 * math.pi)
 #: Widest layer that gets FrEIA's soft permutations by default (see :class:`SANFlow`)
 SOFT_PERMUTATION_MAX_CHANNELS = 1024
-
-# ----------------------------------------------------------------------------------------- synthetic anomalies
-
-
-def _as_rng(rng: np.random.Generator | torch.Generator | int) -> np.random.Generator:
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if isinstance(rng, torch.Generator):
-        return np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=rng)))
-    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
-        return np.random.default_rng(int(rng))
-    raise TypeError(f"rng must be a numpy Generator, a torch Generator or an int seed, got {type(rng).__name__}")
-
-
-def _blend(out: torch.Tensor, mask: torch.Tensor, source: torch.Tensor, kind: str, rng: np.random.Generator) -> None:
-    """Soft rectangle/circle of ``source`` (3, H, W) blended into ``out`` (3, H, W) in place; ``mask`` (H, W)."""
-    H, W = out.shape[-2:]
-    S = min(H, W)
-    if kind == "rectangle":
-        hh, ww = (int(rng.integers(max(2, S // 16), max(3, S // 4 + 1))) for _ in range(2))
-        yy, xx = torch.meshgrid(torch.arange(hh), torch.arange(ww), indexing="ij")
-        inner = torch.minimum(torch.minimum(yy + 1, hh - yy), torch.minimum(xx + 1, ww - xx)).float()  # 1 at edge
-        ramp = (inner / max(1, min(hh, ww) // 4)).clamp(max=1.0)  # (hh, ww), > 0 everywhere in the box
-    else:  # circle
-        r = float(rng.uniform(max(1.5, S / 16), max(2.0, S / 6)))
-        hh = ww = 2 * int(math.ceil(r)) + 1
-        yy, xx = torch.meshgrid(torch.arange(hh), torch.arange(ww), indexing="ij")
-        dist = torch.hypot((yy - hh // 2).float(), (xx - ww // 2).float())
-        ramp = ((r - dist) / max(1.0, r / 4)).clamp(0.0, 1.0)  # (hh, ww), 0 outside the disc
-    if hh > H or ww > W:
-        raise ValueError(f"image {H}x{W} is too small for a synthetic anomaly; use images of at least 16x16")
-    alpha = float(rng.uniform(0.5, 1.0)) * ramp  # blend weight
-    y0, x0 = int(rng.integers(0, H - hh + 1)), int(rng.integers(0, W - ww + 1))  # where it goes
-    ys, xs = int(rng.integers(0, H - hh + 1)), int(rng.integers(0, W - ww + 1))  # where it is cut from
-    box = out[:, y0:y0 + hh, x0:x0 + ww]
-    box.mul_(1 - alpha).add_(alpha * source[:, ys:ys + hh, xs:xs + ww])
-    mask[y0:y0 + hh, x0:x0 + ww] = torch.maximum(mask[y0:y0 + hh, x0:x0 + ww], (alpha > 0).float())
-
-
-def _scar(out: torch.Tensor, mask: torch.Tensor, image: torch.Tensor, rng: np.random.Generator) -> None:
-    """Thin patch of ``image`` (3, H, W), rotated by ±45°, brightness ×[0.8, 1.2], pasted into ``out`` in place."""
-    H, W = out.shape[-2:]
-    k = min(H, W) / 256  # CutPaste's scar: width 2–16 px, length 10–25 px at 256²
-    w, length = max(1.0, rng.uniform(2, 16) * k), max(3.0, rng.uniform(10, 25) * k)
-    theta = math.radians(rng.uniform(-45, 45))
-    r = int(math.ceil(math.hypot(w, length) / 2)) + 1
-    if 2 * r + 1 > min(H, W):
-        raise ValueError(f"image {H}x{W} is too small for a scar; use images of at least 16x16")
-    cy, cx, sy, sx = (int(rng.integers(r, n - r)) for n in (H, W, H, W))  # target and source centres
-    dy, dx = torch.meshgrid(torch.arange(-r, r + 1), torch.arange(-r, r + 1), indexing="ij")  # (2r+1, 2r+1)
-    u = math.cos(theta) * dx + math.sin(theta) * dy  # coordinates in the scar's own frame
-    v = -math.sin(theta) * dx + math.cos(theta) * dy
-    inside = (u.abs() <= w / 2) & (v.abs() <= length / 2)
-    ty, tx = (cy + dy)[inside], (cx + dx)[inside]
-    src = image[:, sy + v[inside].round().long(), sx + u[inside].round().long()]  # (3, n)
-    out[:, ty, tx] = (src * float(rng.uniform(0.8, 1.2))).clamp(0.0, 1.0)
-    mask[ty, tx] = 1.0
-
-
-def synthesize_anomalies(
-    images: torch.Tensor, rng: np.random.Generator | torch.Generator | int, p: float = 0.75,
-    sources: torch.Tensor | None = None, kinds: Sequence[str] = ANOMALY_KINDS,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Put one synthetic anomaly into each image with probability ``p`` (CutPaste-like, see module docstring).
-
-    Parameters
-    ----------
-    images : (B, 3, H, W) float tensor in [0, 1]
-        Normal training images of one class (not normalised).
-    rng : numpy Generator, torch Generator or int
-        All randomness is drawn from it: the same generator state gives the same output.
-    p : float
-        Probability that an image gets an anomaly (paper: 0.75).
-    sources : (N, 3, H, W) tensor, optional
-        Other training images of the class to blend from; default: another image of the batch.
-    kinds : sequence of {"rectangle", "circle", "scar"}
-        Kinds drawn uniformly.
-
-    Returns
-    -------
-    augmented : (B, 3, H, W) tensor
-        Equal to ``images`` wherever ``masks`` is 0.
-    masks : (B, 1, H, W) float tensor in {0, 1}
-    """
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be (B, 3, H, W) in [0, 1], got shape {tuple(images.shape)}")
-    if not 0.0 <= p <= 1.0 or any(k not in ANOMALY_KINDS for k in kinds) or not kinds:
-        raise ValueError(f"need 0 <= p <= 1 and kinds from {ANOMALY_KINDS}; got p={p}, kinds={list(kinds)}")
-    gen = _as_rng(rng)
-    B = images.shape[0]
-    out, masks = images.clone(), images.new_zeros(B, 1, *images.shape[-2:])
-    for b in range(B):
-        if gen.random() >= p:
-            continue
-        kind = kinds[int(gen.integers(len(kinds)))]
-        if kind == "scar":
-            _scar(out[b], masks[b, 0], images[b], gen)
-            continue
-        if sources is not None:
-            src = sources[int(gen.integers(len(sources)))]
-        else:
-            src = images[(b + 1 + int(gen.integers(B - 1))) % B] if B > 1 else images[b]
-        _blend(out[b], masks[b, 0], src, kind, gen)
-    return out, masks
 
 
 def sample_at_grid(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -239,11 +134,6 @@ class VarianceNet(nn.Module):
         return o[:, :1].clamp(LOG_ALPHA_MIN, LOG_ALPHA_MAX), o[:, 1:]
 
 
-def ig_mode_variance(log_alpha: torch.Tensor, log_beta: torch.Tensor, max_variance: float = 5.0) -> torch.Tensor:
-    r"""Mode of :math:`IG(\alpha, \beta)`, :math:`\beta/(\alpha+1)`, clamped to ``≤ max_variance`` (any shape)."""
-    return (log_beta.exp() / (log_alpha.exp() + 1.0)).clamp(max=max_variance)
-
-
 def subnet_fc(c_in: int, c_out: int) -> nn.Module:
     """CFLOW-AD's coupling subnet: Linear c_in → 2 c_in → ReLU → Linear → c_out."""
     return nn.Sequential(nn.Linear(c_in, 2 * c_in), nn.ReLU(), nn.Linear(2 * c_in, c_out))
@@ -276,6 +166,11 @@ class SANFlow(nn.Module):
         Positional-encoding channels (CFLOW-AD: 128; the authors' SANFlow code: 512).
     n_blocks, clamp, seed
         Blocks per flow (8), clamp (1.9), seed of the permutations.
+    sizes : sequence of int or (int, int), optional
+        Feature grid per layer at the training input size (recorded for the NFA and the scores; the fibre
+        flows themselves run at any size).
+    variance_size : int
+        Side of the image the variance network sees (0: the input as it is; 128 keeps a CPU epoch short).
     permute_soft : bool, optional
         Soft (random orthogonal, CFLOW-AD's) or hard permutations; ``None``: soft for layers of at most
         :data:`SOFT_PERMUTATION_MAX_CHANNELS` channels, hard above (FrEIA draws a soft one with scipy's
@@ -283,12 +178,18 @@ class SANFlow(nn.Module):
     """
 
     def __init__(self, channels: Sequence[int], cond_channels: int = 128, n_blocks: int = 8, clamp: float = CLAMP,
-                 permute_soft: bool | None = None, seed: int = 0) -> None:
+                 permute_soft: bool | None = None, seed: int = 0, sizes: Sequence[int | Sequence[int]] | None = None,
+                 variance_size: int = 0) -> None:
         super().__init__()
         if len(channels) == 0 or any(c < 2 for c in channels):
             raise ValueError(f"channels must list >= 2 channels per layer, got {list(channels)}")
+        if sizes is not None and len(sizes) != len(channels):
+            raise ValueError(f"sizes needs one entry per layer, got sizes={list(sizes)} for channels={list(channels)}")
+        if variance_size < 0:
+            raise ValueError(f"variance_size must be >= 0 (0: the full input), got {variance_size}")
         positional_encoding_2d(cond_channels, 1, 1)  # validates cond_channels
-        self.channels, self.cond_channels = list(channels), cond_channels
+        self.channels, self.cond_channels, self.variance_size = list(channels), cond_channels, variance_size
+        self.sizes = None if sizes is None else [(s, s) if isinstance(s, int) else tuple(s) for s in sizes]
         with numpy_global_seed(seed):
             self.flows = nn.ModuleList(
                 build_fibre_flow(c, cond_channels, n_blocks, clamp,
@@ -327,41 +228,20 @@ class SANFlow(nn.Module):
         log_ab = torch.cat(self.variance_net(images), dim=1)  # (B, 2, H, W)
         return [tuple(sample_at_grid(log_ab, tuple(s)).unbind(dim=1)) for s in sizes]  # each (B, h, w)
 
+    def features_and_statistics(self, extractor: nn.Module, images: torch.Tensor):
+        """Images ``(B, 3, S, S)`` in [0, 1] → backbone maps (list of ``(B, C_l, h_l, w_l)``, frozen) and per layer
+        ``(log α, log β)``, each ``(B, h_l, w_l)``, from one variance-net pass on the normalised image resized to
+        ``variance_size``."""
+        with torch.no_grad():
+            feats = extractor(images)
+        x = extractor.normalise(images)  # (B, 3, S, S)
+        if self.variance_size and self.variance_size != x.shape[-1]:
+            size = (self.variance_size, self.variance_size)
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)  # (B, 3, s, s)
+        return feats, self.statistics(x, [f.shape[-2:] for f in feats])
+
 
 # ---------------------------------------------------------------------------------------------- losses, scores
-
-
-def gaussian_log_likelihood(z: torch.Tensor, variance: torch.Tensor, mean: float = 0.0) -> torch.Tensor:
-    r""":math:`\log \mathcal N(z; \mu \mathbf 1, \sigma^2 I)` over channels (dim 1): ``z`` ``(N, C, ...)``,
-    ``variance`` ``(N, ...)`` → ``(N, ...)``."""
-    C = z.shape[1]
-    return -0.5 * C * (_LOG_2PI + variance.log()) - ((z - mean) ** 2).sum(dim=1) / (2.0 * variance)
-
-
-def expected_normal_log_likelihood(z: torch.Tensor, log_alpha: torch.Tensor, log_beta: torch.Tensor,
-                                   log_beta_coefficient: float | None = None) -> torch.Tensor:
-    r""":math:`\mathbb E_{\sigma^2 \sim IG(\alpha,\beta)} \log \mathcal N(z; 0, \sigma^2 I) = -\tfrac C2 \log 2\pi
-    - k(\log\beta - \psi(\alpha)) - \tfrac{\alpha}{2\beta}\sum_c z_c^2`, :math:`k = C/2` unless given.
-
-    ``z`` ``(N, C, ...)``, ``log_alpha``, ``log_beta`` ``(N, ...)`` → ``(N, ...)``.
-    """
-    C = z.shape[1]
-    k = 0.5 * C if log_beta_coefficient is None else log_beta_coefficient
-    alpha = log_alpha.exp()
-    z2 = (z**2).sum(dim=1)
-    return -0.5 * C * _LOG_2PI - k * (log_beta - torch.digamma(alpha)) - alpha / (2.0 * log_beta.exp()) * z2
-
-
-def ig_kl(log_alpha: torch.Tensor, log_beta: torch.Tensor, alpha0: float = 59.5, beta0: float = 6.05) -> torch.Tensor:
-    r""":math:`KL(IG(\alpha,\beta)\,\|\,IG(\alpha_0,\beta_0))` elementwise (the KL of the gamma laws of
-    :math:`1/\sigma^2`, since KL is invariant under the bijection :math:`\sigma^2 \mapsto 1/\sigma^2`):
-
-    .. math:: (\alpha-\alpha_0)\psi(\alpha) - \ln\Gamma(\alpha) + \ln\Gamma(\alpha_0)
-              + \alpha_0(\ln\beta - \ln\beta_0) + \alpha\,\frac{\beta_0 - \beta}{\beta}.
-    """
-    alpha, beta = log_alpha.exp(), log_beta.exp()
-    return ((alpha - alpha0) * torch.digamma(alpha) - torch.lgamma(alpha) + math.lgamma(alpha0)
-            + alpha0 * (log_beta - math.log(beta0)) + alpha * (beta0 - beta) / beta)
 
 
 def split_bce(log_pn: torch.Tensor, log_pa: torch.Tensor, m: torch.Tensor,
@@ -461,3 +341,78 @@ def sanflow_anomaly_maps(log_probs: Sequence[torch.Tensor], out_size: int = 256)
         total = total + F.interpolate(prob, size=(out_size, out_size), mode="bilinear", align_corners=True)
     maps = total.max() - total  # (N, 1, S, S)
     return maps, maps.flatten(1).amax(dim=1)
+
+
+# ----------------------------------------------------------------------------------------- recipe, adapter
+
+#: SANFlow's recipe, the same for every category: batch 8, Adam at 5e-4, the authors' 25 × 8 = 200 epochs.
+RECIPE = Recipe(200, 8, 5e-4)
+
+
+class SANFlowMethod(FlowMethod):
+    """SANFlow: fibre flows on strides 8/16/32, synthetic anomalies, inverse-gamma variances.
+
+    One optimiser step on the sum of the layers' losses (the authors step once per layer; the flows share no
+    parameters, so only the variance network sees a different update). Loss: :class:`SANFlowLossConfig`'s
+    defaults (the authors' quirks fixed, see the module docstring). Warm-up + cosine schedule (CFLOW-AD's).
+    """
+
+    name = "sanflow"
+    model_class = SANFlow
+    cacheable = False
+    loss_config = SANFlowLossConfig()
+    #: 10× the recipe's lr for a few hundred CPU steps; the variance network sees 64-px images, most of a step's cost
+    cpu_recipe = Recipe(10, 8, 2e-3)
+    cpu_overrides = {"variance_size": 64}
+
+    def recipe(self, category):
+        return RECIPE
+
+    def architecture(self, cfg):
+        return {**super().architecture(cfg), "variance_size": cfg.variance_size}
+
+    def out_indices(self, backbone):
+        check_cnn_backbone(self.name, backbone)
+        return (2, 3, 4)
+
+    def build(self, cfg: TrainConfig, channels, sizes):
+        torch.manual_seed(cfg.seed)
+        return SANFlow(channels, seed=cfg.seed, sizes=sizes, variance_size=cfg.variance_size)
+
+    def lr_factor(self, epoch, epochs):
+        """Linear warm-up from 0.1× over the first 10 % of the run, then cosine down to 10⁻³× (CFLOW-AD's)."""
+        warm = 0.1 * epochs
+        if epoch < warm:
+            return 0.1 + 0.9 * epoch / warm
+        t = (epoch - warm) / max(epochs - warm, 1e-9)
+        return 1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+    def loss(self, model, extractor, batch):
+        images, masks = synthesize_anomalies(batch["images"], batch["rng"])  # (B, 3, S, S), (B, 1, S, S)
+        feats, stats = model.features_and_statistics(extractor, images)
+        total = 0.0
+        for layer, (f, (log_a, log_b)) in enumerate(zip(feats, stats)):
+            z, log_det = model.flow_layer(layer, f)  # (B, C, h, w), (B, h, w)
+            m = (sample_at_grid(masks, tuple(f.shape[-2:])) > 0).float()[:, 0]  # (B, h, w)
+            C = z.shape[1]
+            total = total + sanflow_loss(z.permute(0, 2, 3, 1).reshape(-1, C), log_det.reshape(-1),
+                                         log_a.reshape(-1), log_b.reshape(-1), m.reshape(-1), self.loss_config)
+        return total
+
+    @torch.no_grad()
+    def infer(self, model, extractor, images, out_size):
+        feats, stats = model.features_and_statistics(extractor, images)
+        latents, parts = [], {}
+        for layer, (f, (log_a, log_b)) in enumerate(zip(feats, stats)):
+            z, log_det = model.flow_layer(layer, f)  # (B, C, h, w), (B, h, w)
+            var = ig_mode_variance(log_a, log_b, self.loss_config.max_variance)  # (B, h, w)
+            parts[f"log_prob{layer}"] = sanflow_log_prob(z, log_det, var).float().cpu()
+            parts[f"variance{layer}"] = var.float().cpu()
+            latents.append((z / var.sqrt()[:, None]).float().cpu())  # N(0, I) where the model says normal
+        return latents, parts
+
+    def finalize(self, parts, out_size):
+        n_layers = sum(k.startswith("log_prob") for k in parts)
+        log_probs = [torch.from_numpy(parts[f"log_prob{i}"]) for i in range(n_layers)]
+        maps, scores = sanflow_anomaly_maps(log_probs, out_size)  # depend on the whole set's maxima
+        return {**parts, "score": maps[:, 0].float().numpy(), "image_score": scores.numpy()}

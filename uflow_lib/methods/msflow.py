@@ -24,7 +24,7 @@ them exchange information once:
    :math:`s' = 1.9 \cdot \tfrac{2}{\pi} \arctan(s / 1.9)` (:func:`soft_clamp`), and
    :math:`\log|\det J| \mathrel{+}= \sum s'`.
 
-Loss (:func:`msflow_loss`, the same per-sample NLL as U-Flow's :func:`uflow_lib.model.nll_loss`):
+Loss: the same per-sample NLL as U-Flow's (:func:`uflow_lib.flow_blocks.nll_loss`):
 :math:`L = \operatorname{mean}_b \big[\sum_s \tfrac12 \lVert z_s \rVert^2 - \log|\det J|\big]`.
 
 Scores (:func:`msflow_anomaly_maps`), with :math:`\log p_s = -\tfrac12 \operatorname{mean}_c z_s^2`
@@ -33,8 +33,8 @@ Scores (:func:`msflow_anomaly_maps`), with :math:`\log p_s = -\tfrac12 \operator
 - *product map* (the paper's image score and PRO): :math:`P = \sum_s \operatorname{up}(\log p_s)`,
   :math:`A_\times = 1 - e^{P - \max P}` per image; image score = mean of its top 3 % pixels;
 - *sum map* (the paper's pixel map): :math:`Q = \sum_s \operatorname{up}(e^{\log p_s - \max \log p_s})`,
-  :math:`A_+ = \max Q - Q` per image. Measured here the product map saturates and loses 0.02–0.05 AUPRO
-  against the sum map: the book reports the paper's choice and shows the other.
+  :math:`A_+ = \max Q - Q` per image. The product map saturates on strong defects; evaluation reports AUPRO on
+  the paper's choice and on the sum map (chapter 7, ``benchmarks/results/methods_bottle.md``).
 
 Trainable parameters (2/5/8 blocks, 64 positional channels; counted by hand in ``tests/test_msflow.py``):
 
@@ -54,8 +54,7 @@ Detection" (CS-Flow), WACV 2022.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -66,64 +65,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import nll_loss
-from .scoring import log_likelihood_maps
+from ..config import TrainConfig
+from ..flow_blocks import CLAMP, nll_loss, positional_encoding_2d
+from ..runtime import numpy_global_seed
+from ..scoring import log_likelihood_maps
+from .base import FlowMethod, Recipe, check_cnn_backbone
 
 __all__ = [
-    "positional_encoding_2d", "pool_features", "soft_clamp", "ChannelLayerNorm", "subnet_conv_ln",
-    "build_parallel_flow", "FusionCoupling", "MSFlow", "msflow_loss", "MSFlowMaps", "msflow_anomaly_maps",
-    "MSFlowTrainConfig", "msflow_lr_lambda", "numpy_global_seed",
+    "pool_features", "soft_clamp", "ChannelLayerNorm", "subnet_conv_ln",
+    "build_parallel_flow", "FusionCoupling", "MSFlow", "MSFlowMaps", "msflow_anomaly_maps", "RECIPE",
+    "MSFlowSchedule", "msflow_lr_lambda", "MSFlowMethod",
 ]
 
-#: Soft-clamp bound of every log-scale (``affine_clamping`` of the blocks and the fusion's atan clamp).
-CLAMP = 1.9
 #: Upsampling of the score maps as in the authors' aggregation (corners aligned).
 ALIGN_CORNERS = True
-
-
-@contextmanager
-def numpy_global_seed(seed: int | None) -> Iterator[None]:
-    """Seed numpy's global RNG (FrEIA draws its block permutations from it) and restore its state afterwards."""
-    state = np.random.get_state()
-    if seed is not None:
-        np.random.seed(seed)
-    try:
-        yield
-    finally:
-        if seed is not None:
-            np.random.set_state(state)
-
-
-def positional_encoding_2d(channels: int, h: int, w: int) -> torch.Tensor:
-    r"""2-D sin/cos positional encoding, ``(channels, h, w)`` float32 in [-1, 1].
-
-    The first half of the channels encodes the column :math:`x`, the second half the row :math:`y`, with
-    frequencies :math:`\omega_k = 10000^{-2k/(C/2)}`, :math:`k = 0, \dots, C/4 - 1`:
-
-    .. math::
-
-        PE_{2k}(y, x) = \sin(\omega_k x),\; PE_{2k+1} = \cos(\omega_k x),\;
-        PE_{C/2 + 2k} = \sin(\omega_k y),\; PE_{C/2 + 2k+1} = \cos(\omega_k y).
-
-    >>> pe = positional_encoding_2d(8, 2, 3)
-    >>> pe.shape, round(float(pe[0, 0, 1]), 4), round(float(pe[1, 0, 1]), 4)
-    (torch.Size([8, 2, 3]), 0.8415, 0.5403)
-    """
-    if channels < 4 or channels % 4 != 0:
-        raise ValueError(f"positional encoding channels must be a positive multiple of 4 (sin and cos for rows "
-                         f"and columns), got {channels}; use e.g. 64 (MSFlow) or 128 (CFLOW-AD)")
-    if h < 1 or w < 1:
-        raise ValueError(f"positional encoding size must be positive, got h={h}, w={w}")
-    half = channels // 2
-    freq = torch.exp(torch.arange(0, half, 2, dtype=torch.float64) * (-math.log(10000.0) / half))  # (C/4,)
-    ang_x = torch.arange(w, dtype=torch.float64)[:, None] * freq  # (w, C/4)
-    ang_y = torch.arange(h, dtype=torch.float64)[:, None] * freq  # (h, C/4)
-    pe = torch.zeros(channels, h, w, dtype=torch.float64)
-    pe[0:half:2] = ang_x.sin().T[:, None, :]  # (C/4, 1, w) broadcast over rows
-    pe[1:half:2] = ang_x.cos().T[:, None, :]
-    pe[half::2] = ang_y.sin().T[:, :, None]  # (C/4, h, 1) broadcast over columns
-    pe[half + 1::2] = ang_y.cos().T[:, :, None]
-    return pe.float()
+#: MSFlow's recipe, the same for every category: 100 epochs, batch 8 (the paper's; the authors' latest config
+#: says 16), Adam at 1e-4.
+RECIPE = Recipe(100, 8, 1e-4)
+#: Clip of the gradient's global norm (authors' code).
+GRAD_CLIP_NORM = 2.0
+#: Fraction of the pixels averaged for the image score (an older config of the authors: 0.1).
+TOP_K = 0.03
 
 
 def pool_features(features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -320,12 +282,6 @@ class MSFlow(nn.Module):
         return out, log_det
 
 
-def msflow_loss(latents: Sequence[torch.Tensor], log_det: torch.Tensor) -> torch.Tensor:
-    r""":math:`\operatorname{mean}_b [\sum_s \tfrac12 \lVert z_s\rVert^2 - \log|\det J|]`: U-Flow's
-    :func:`~uflow_lib.model.nll_loss` (latents list of ``(B, C_s, h_s, w_s)``, log_det ``(B,)``; scalar)."""
-    return nll_loss(latents, log_det)
-
-
 class MSFlowMaps(NamedTuple):
     """Scores of :func:`msflow_anomaly_maps` (all float64)."""
 
@@ -339,7 +295,7 @@ def _per_image_max(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1).amax(dim=1).view(-1, 1, 1, 1)  # (B, 1, 1, 1)
 
 
-def msflow_anomaly_maps(latents: Sequence[torch.Tensor], out_size: int = 256, top_k: float = 0.03) -> MSFlowMaps:
+def msflow_anomaly_maps(latents: Sequence[torch.Tensor], out_size: int = 256, top_k: float = TOP_K) -> MSFlowMaps:
     """MSFlow's aggregations of the latents (list of ``(B, C_s, h_s, w_s)``), see the module docstring."""
     if not 0.0 < top_k <= 1.0:
         raise ValueError(f"top_k is a fraction of the pixels in (0, 1], got {top_k}; the paper uses 0.03")
@@ -357,23 +313,20 @@ def msflow_anomaly_maps(latents: Sequence[torch.Tensor], out_size: int = 256, to
     return MSFlowMaps(scores, product, _per_image_max(q) - q, product_score)
 
 
-@dataclass(frozen=True)
-class MSFlowTrainConfig:
-    """MSFlow's training recipe (other-flows.md, from the paper and the authors' code)."""
+# ----------------------------------------------------------------------------------------- recipe, adapter
 
-    lr: float = 1e-4  #: Adam
-    batch_size: int = 8  #: the authors' latest config says 16; 8 is the paper's
-    epochs: int = 100
+@dataclass(frozen=True)
+class MSFlowSchedule:
+    """MSFlow's learning-rate schedule over its 100-epoch recipe (paper and authors' code)."""
+
+    epochs: int = 100  #: the length the milestones refer to
     warmup_epochs: float = 12.0  #: linear warm-up of the learning rate ...
     warmup_from: float = 0.1  #: ... from 0.1× (an older config: 0.3×)
     milestones: tuple[int, ...] = (70, 90)  #: ×gamma at these epochs (an older config: 75, 90)
     gamma: float = 0.33
-    grad_clip_norm: float = 2.0  #: clip of the gradient's global norm
-    seed: int = 9826
-    top_k: float = 0.03  #: fraction of pixels averaged for the image score (an older config: 0.1)
 
 
-def msflow_lr_lambda(epoch: float, config: MSFlowTrainConfig = MSFlowTrainConfig()) -> float:
+def msflow_lr_lambda(epoch: float, config: MSFlowSchedule = MSFlowSchedule()) -> float:
     """Learning-rate factor at ``epoch`` (0-based; fractional epochs give a per-iteration warm-up).
 
     For ``torch.optim.lr_scheduler.LambdaLR``: ``0.1 → 1`` linearly over 12 epochs, then ×0.33 from epoch 70 and
@@ -385,3 +338,47 @@ def msflow_lr_lambda(epoch: float, config: MSFlowTrainConfig = MSFlowTrainConfig
     if epoch < config.warmup_epochs:
         warm = config.warmup_from + (1.0 - config.warmup_from) * epoch / config.warmup_epochs
     return warm * config.gamma ** sum(epoch >= m for m in config.milestones)
+
+
+class MSFlowMethod(FlowMethod):
+    """MSFlow: :class:`MSFlow` on pooled strides 4/8/16, 2/5/8 blocks, the warm-up/step schedule, clipped gradients."""
+
+    name = "msflow"
+    model_class = MSFlow
+    grad_clip = GRAD_CLIP_NORM
+    #: 10× the recipe's learning rate, so that a few hundred CPU steps suffice (as U-Flow's CPU recipe)
+    cpu_recipe = Recipe(30, 8, 1e-3)
+
+    def recipe(self, category):
+        return RECIPE
+
+    def out_indices(self, backbone):
+        check_cnn_backbone(self.name, backbone)
+        return (1, 2, 3)
+
+    def prepare(self, features):
+        return pool_features(features)
+
+    def build(self, cfg: TrainConfig, channels, sizes):
+        torch.manual_seed(cfg.seed)
+        blocks = (2, 5, 8)[: len(channels)]
+        return MSFlow(channels, sizes, blocks=blocks, seed=cfg.seed)
+
+    def lr_factor(self, epoch, epochs):
+        schedule = MSFlowSchedule()
+        return msflow_lr_lambda(epoch * schedule.epochs / epochs, schedule)  # the 100-epoch schedule, stretched
+
+    def loss(self, model, extractor, batch):
+        z, log_det = model(batch["features"])
+        return nll_loss(z, log_det)
+
+    def dims(self, model):
+        return sum(c * h * w for c, (h, w) in zip(model.channels, model.sizes))
+
+    @torch.no_grad()
+    def infer(self, model, extractor, images, out_size):
+        z, _ = model(self.prepare(extractor(images)))
+        z = [t.float().cpu() for t in z]
+        maps = msflow_anomaly_maps(z, out_size)
+        return z, {"score": maps.sum_map[:, 0].float(), "score_pro": maps.product_score_map[:, 0].float(),
+                   "image_score": maps.image_scores}

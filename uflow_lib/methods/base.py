@@ -1,0 +1,144 @@
+r"""What a method is to the rest of the library: :class:`FlowMethod`, the few things that differ between methods.
+
+Data, backbones, the feature cache, the training loop, checkpoints, metrics and the NFA are shared code; a
+method says only what is its own (one file per method in this package, book chapters 3 and 7):
+
+==================  =======================  ===========================  ===================================
+                    U-Flow (the paper)       MSFlow                       SANFlow
+==================  =======================  ===========================  ===================================
+backbone stages     the backbone's own       strides 4/8/16, each         strides 8/16/32
+                    (MobileNetV2: 8/16)      ``AvgPool2d(3, 2, 1)``
+features cached     yes                      yes (pooled)                 no: synthetic anomalies change the
+                                                                          images at every step
+loss                per-sample NLL           per-sample NLL               split-base NLL + KL + 0.2 BCE
+optimiser           Adam, L2 1e-5            Adam, warm-up + steps,       Adam, warm-up + cosine
+                                             grad-norm clip 2
+pixel map           −log mean_s up(p_s)      sum map A₊ (AUPRO on the     CFLOW-AD: exp(log p − set max),
+                                             product map)                 summed over layers
+image score         max of the map           top-3 % mean of A×           max of the map
+NFA latents         z                        z                            z / σ (the model's own N(0, σ²))
+==================  =======================  ===========================  ===================================
+
+A method's **recipe** (:class:`Recipe`) gives the epochs, batch size and learning rate a run uses when the user
+leaves them unset (:meth:`FlowMethod.resolve`), and its CPU recipe the book's CI mode. Learning-rate schedules
+are computed from the (fractional) epoch at every step, stateless, so a resumed run follows the same schedule
+as an uninterrupted one; a method's schedule is stretched to the run's number of epochs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import DEFAULT_INPUT_SIZE, TrainConfig
+
+__all__ = ["Recipe", "FlowMethod", "Batch", "check_cnn_backbone"]
+
+#: A training batch: ``{"features": list of (B, C_s, h_s, w_s)}`` for cached methods, or
+#: ``{"images": (B, 3, S, S) in [0, 1], "rng": numpy Generator}`` for methods that augment images (SANFlow).
+Batch = dict
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Training settings a method uses where the user gives none."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+
+
+def check_cnn_backbone(method: str, backbone: str) -> None:
+    """Refuse MS-CaiT for methods defined on CNN stages (strides 4–32)."""
+    if backbone == "mcait":
+        raise ValueError(f"{method} is defined on CNN stages (strides 4–32); MS-CaiT gives only two transformer "
+                         f"maps. Use --backbone mobilenetv2, resnet18 or wide_resnet50_2 with --method {method}")
+
+
+class FlowMethod:
+    """What differs between the methods. Subclasses override what they change."""
+
+    name: str = ""
+    #: the class of the method's model: how a model is recognised (:func:`uflow_lib.methods.method_of`)
+    model_class: type[nn.Module] = nn.Module
+    #: features of an image are the same at every epoch, so they are computed once (feature_cache)
+    cacheable: bool = True
+    #: clip of the gradient's global norm (None: no clipping)
+    grad_clip: float | None = None
+    #: the CPU setting on the generated dataset with MobileNetV2 (the book's CI mode)
+    cpu_recipe: Recipe = Recipe(30, 8, 1e-3)
+    #: other fields of that CPU configuration (e.g. SANFlow's smaller variance-network input)
+    cpu_overrides: dict = {}
+
+    # ---------------------------------------------------------------------------------------- settings
+    def recipe(self, category: str) -> Recipe:
+        """Epochs, batch size and learning rate of the method's own recipe for ``category``."""
+        raise NotImplementedError
+
+    def resolve(self, cfg: TrainConfig) -> TrainConfig:
+        """A copy of ``cfg`` with every unset (``None``) field filled from the recipe and the backbone."""
+        r = self.recipe(cfg.category)
+        return replace(
+            cfg,
+            input_size=cfg.input_size if cfg.input_size is not None else DEFAULT_INPUT_SIZE.get(cfg.backbone, 256),
+            epochs=cfg.epochs if cfg.epochs is not None else r.epochs,
+            batch_size=cfg.batch_size if cfg.batch_size is not None else r.batch_size,
+            lr=cfg.lr if cfg.lr is not None else r.lr,
+            norm="identity",
+        )
+
+    def architecture(self, cfg: TrainConfig) -> dict:
+        """The settings of a resolved ``cfg`` that the model's weights depend on (a resumed run must match them)."""
+        return dict(method=cfg.method, backbone=cfg.backbone, input_size=cfg.input_size, seed=cfg.seed)
+
+    # ----------------------------------------------------------------------------------- model, training
+    def out_indices(self, backbone: str) -> tuple[int, ...] | None:
+        """Backbone stages (timm indices) the method reads; None: the backbone's default (U-Flow's)."""
+        return None
+
+    def prepare(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Backbone maps → the model's input (list of ``(B, C_s, h_s, w_s)``); identity by default."""
+        return list(features)
+
+    def build(self, cfg: TrainConfig, channels: Sequence[int], sizes: Sequence[int]) -> nn.Module:
+        """A fresh model for prepared features of ``channels`` × ``sizes``², fine → coarse."""
+        raise NotImplementedError
+
+    def fit(self, model: nn.Module, features: Sequence[torch.Tensor]) -> None:
+        """Anything fitted once on the prepared training features before training (default: nothing)."""
+
+    def optimizer(self, cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+
+    def lr_factor(self, epoch: float, epochs: int) -> float:
+        """Learning-rate multiplier at the fractional ``epoch`` of a run of ``epochs`` (default: constant 1)."""
+        return 1.0
+
+    def loss(self, model: nn.Module, extractor: nn.Module, batch: Batch) -> torch.Tensor:
+        """Scalar training loss of one batch."""
+        raise NotImplementedError
+
+    def dims(self, model: nn.Module) -> int:
+        """What the loss is divided by to report it per dimension."""
+        return 1
+
+    # ------------------------------------------------------------------------------------------ scoring
+    def latent_sides(self, model: nn.Module) -> list[int]:
+        """Side of each NFA latent map of ``model``, fine → coarse."""
+        return [w for _, w in model.sizes]
+
+    def infer(self, model: nn.Module, extractor: nn.Module, images: torch.Tensor,
+              out_size: int) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """Images ``(B, 3, S, S)`` → (latents that are N(0, I) under the model's null hypothesis, list of
+        ``(B, C_s, h_s, w_s)`` — what the NFA and mean z² read; per-image parts, each ``(B, ...)``, that
+        :meth:`finalize` turns into maps once the whole set has been seen)."""
+        raise NotImplementedError
+
+    def finalize(self, parts: dict[str, np.ndarray], out_size: int) -> dict[str, np.ndarray]:
+        """Parts of a whole set → ``score`` ``(N, S, S)`` (higher = more anomalous), ``image_score`` ``(N,)``
+        and optionally ``score_pro`` ``(N, S, S)``, the map the method's paper computes AUPRO on."""
+        return parts
