@@ -5,7 +5,7 @@
 
 Each chapter runs in a new kernel with the environment of book/conftest.py (the one nbval compares under),
 an empty chapter cache (``UFLOW_BOOK_CACHE`` in a temporary folder, so nothing trained earlier is reused), and
-its ``metadata.execution`` timestamps stripped afterwards. Prints each chapter's wall-clock time.
+its ``metadata.execution`` timestamps stripped and consecutive stream outputs merged afterwards. Prints each chapter's wall-clock time.
 """
 
 from __future__ import annotations
@@ -24,14 +24,29 @@ sys.path.insert(0, str(BOOK))
 from conftest import CPU_PINS  # noqa: E402  (also sets UFLOW_BOOK_MODE=ci and HF_HUB_OFFLINE=1)
 
 
+def coalesce_streams(nb: nbformat.NotebookNode) -> None:
+    """Merge consecutive stdout (stderr) outputs of a cell into one, as a notebook front end shows them."""
+    for cell in nb.cells:
+        merged = []
+        for out in cell.get("outputs", []):
+            if merged and out.output_type == "stream" and merged[-1].output_type == "stream" \
+                    and merged[-1].name == out.name:
+                merged[-1].text += out.text
+            else:
+                merged.append(out)
+        if "outputs" in cell:
+            cell.outputs = merged
+
+
 def execute(path: Path, cache: Path) -> float:
     """Run ``path`` top to bottom in place; returns seconds."""
     nb = nbformat.read(path, as_version=4)
     t0 = time.perf_counter()
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(BOOK)}}).execute(
+    NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(BOOK)}}).execute(
         env={**os.environ, "UFLOW_BOOK_CACHE": str(cache)})
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
+    coalesce_streams(nb)
     nbformat.write(nb, path)
     return time.perf_counter() - t0
 
