@@ -120,3 +120,23 @@ def test_cait_blocks_reach_the_extractor_and_the_architecture():
     with torch.no_grad():
         feats = extractor(torch.rand(1, 3, 448, 448))
     assert [tuple(f.shape) for f in feats] == [(1, 768, 28, 28), (1, 384, 14, 14)]
+
+
+def test_a_random_backbone_checkpoint_evaluates_with_the_backbone_it_was_trained_with(tiny_root, tmp_path):
+    from uflow_lib.checkpoint import load_trained
+
+    res = training.train(_cfg(tiny_root, tmp_path, epochs=1), progress=False)
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    _, first, _, _ = load_trained(res.checkpoint)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random state is untouched
+    torch.manual_seed(456)
+    _, second, _, _ = load_trained(res.checkpoint)
+    for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    from uflow_lib.runtime import seed_everything
+
+    seed_everything(0)  # what train() does before it builds the extractor (the config's seed is 0)
+    again = training.build_extractor_for(training.resolve(_cfg(tiny_root, tmp_path)))
+    for a, b in zip(first.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
