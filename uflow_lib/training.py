@@ -128,6 +128,11 @@ def _batch(run: _Run, idx: torch.Tensor, epoch: int, b: int) -> dict:
     return dict(features=[f[idx].to(run.device, non_blocking=True) for f in run.features])
 
 
+def _batch_loss(run: _Run, idx: torch.Tensor, epoch: int, b: int) -> torch.Tensor:
+    """Scalar training loss of the method on the training images ``idx`` (batch ``b`` of ``epoch``), on the device."""
+    return run.method.loss(run.model, run.extractor, _batch(run, idx, epoch, b))
+
+
 def _train_epoch(run: _Run, epoch: int, last: Path) -> dict:
     """One pass over the training set; returns the epoch's record (mean loss, per dimension, seconds)."""
     cfg, method, model, optimizer = run.cfg, run.method, run.model, run.optimizer
@@ -138,7 +143,7 @@ def _train_epoch(run: _Run, epoch: int, last: Path) -> dict:
     for b, idx in enumerate(_batches(n, cfg.batch_size, cfg.seed + epoch)):
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * method.lr_factor(epoch + b / n_batches, cfg.epochs)
-        loss = method.loss(model, run.extractor, _batch(run, idx, epoch, b))
+        loss = _batch_loss(run, idx, epoch, b)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"the loss became {loss.item()} at epoch {epoch + 1}, batch {b + 1}: training diverged. "
