@@ -14,7 +14,7 @@ from uflow_lib.cli import EPILOG, build_parser
 from uflow_lib.config import DEFAULT_INPUT_SIZE, TrainConfig
 from uflow_lib.methods import resolve
 
-RUNS = ("train", "evaluate", "predict", "reproduce")
+RUNS = ("train", "evaluate", "predict", "download", "reproduce")
 
 #: Options that several subcommands share, and where each must appear (among RUNS).
 SHARED = {
@@ -30,6 +30,11 @@ SHARED = {
     "--max-minutes": {"train", "reproduce"},
     "--eval-every": {"train", "reproduce"},
     "--cache-dir": {"train", "reproduce"},
+    "--categories": {"download", "reproduce"},
+    "--archive": {"download", "reproduce"},
+    "--url": {"download", "reproduce"},
+    "--copy-to-local": {"download", "reproduce"},
+    "--no-copy-to-local": {"download", "reproduce"},
 }
 
 #: Options whose meaning deliberately differs between subcommands: the groups that share one definition.
@@ -37,7 +42,7 @@ DELIBERATELY_DIFFERENT = {
     # train/reproduce: which method to train (default uflow); evaluate/predict: only a check of the checkpoint
     "--method": [{"train", "reproduce"}, {"evaluate", "predict"}],
     # required where the run reads its data; evaluate defaults to the checkpoint's
-    "--data": [{"train"}, {"reproduce"}, {"evaluate"}],
+    "--data": [{"train"}, {"reproduce"}, {"evaluate"}, {"download"}],
     "--category": [{"train"}, {"evaluate"}],
     # what each subcommand writes there
     "--out": [{"train"}, {"predict"}, {"reproduce"}],
@@ -69,7 +74,7 @@ def _by_option() -> dict[str, dict[str, argparse.Action]]:
 
 
 
-@pytest.mark.parametrize("command", [None, "train", "evaluate", "predict", "make-dataset", "reproduce"])
+@pytest.mark.parametrize("command", [None, "train", "evaluate", "predict", "make-dataset", "download", "reproduce"])
 def test_every_help_parses(command, capsys):
     argv = ["--help"] if command is None else [command, "--help"]
     with pytest.raises(SystemExit) as exc:
@@ -183,13 +188,21 @@ PARSES = [
     (["reproduce", "--data", "D", "--out", "R"],
      dict(command="reproduce", data="D", out="R", categories=None, method="uflow", backbone="mcait", weights=None,
           random_weights=False, epochs=None, max_minutes=None, eval_every=0, cache_dir=None, download=False,
-          archive=None, device="auto", no_progress=False)),
+          archive=None, url=None, copy_to_local=None, device="auto", no_progress=False)),
     (["reproduce", "--data", "D", "--out", "R", "--categories", "bottle", "wood", "--method", "msflow",
       "--backbone", "resnet18", "--random-weights", "--epochs", "2", "--max-minutes", "30", "--eval-every", "5",
-      "--cache-dir", "C", "--archive", "a.tar.xz", "--download", "--device", "cpu", "--no-progress"],
+      "--cache-dir", "C", "--archive", "a.tar.xz", "--download", "--device", "cpu", "--no-progress",
+      "--url", "http://h/a.tar.xz", "--no-copy-to-local"],
      dict(command="reproduce", data="D", out="R", categories=["bottle", "wood"], method="msflow",
           backbone="resnet18", weights=None, random_weights=True, epochs=2, max_minutes=30.0, eval_every=5,
-          cache_dir="C", download=True, archive="a.tar.xz", device="cpu", no_progress=True)),
+          cache_dir="C", download=True, archive="a.tar.xz", url="http://h/a.tar.xz", copy_to_local=False,
+          device="cpu", no_progress=True)),
+    (["download", "--data", "D"],
+     dict(command="download", data="D", categories=None, archive=None, url=None, copy_to_local=None)),
+    (["download", "--data", "D", "--categories", "bottle", "--archive", "/content/drive/a.tar.xz", "--url", "U",
+      "--copy-to-local"],
+     dict(command="download", data="D", categories=["bottle"], archive="/content/drive/a.tar.xz", url="U",
+          copy_to_local=True)),
 ]
 
 
@@ -224,7 +237,7 @@ def test_epilog_examples_parse_and_render_one_per_line():
     assert max(map(len, lines)) <= 120
     commands = EPILOG.replace("\\\n", " ").splitlines()
     examples = [c.strip() for c in commands if c.strip().startswith("python -m uflow_lib ")]
-    assert len(examples) == 6
+    assert len(examples) == 8
     for example in examples:
         argv = shlex.split(example)[3:]
         args = build_parser().parse_args(argv)
