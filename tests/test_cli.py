@@ -183,13 +183,13 @@ PARSES = [
     (["reproduce", "--data", "D", "--out", "R"],
      dict(command="reproduce", data="D", out="R", categories=None, method="uflow", backbone="mcait", weights=None,
           random_weights=False, epochs=None, max_minutes=None, eval_every=0, cache_dir=None, download=False,
-          archive=None, device="auto", no_progress=False)),
+          archive=None, device="auto", no_progress=False, workers=1)),
     (["reproduce", "--data", "D", "--out", "R", "--categories", "bottle", "wood", "--method", "msflow",
       "--backbone", "resnet18", "--random-weights", "--epochs", "2", "--max-minutes", "30", "--eval-every", "5",
-      "--cache-dir", "C", "--archive", "a.tar.xz", "--download", "--device", "cpu", "--no-progress"],
+      "--cache-dir", "C", "--archive", "a.tar.xz", "--download", "--device", "cpu", "--no-progress", "--workers", "2"],
      dict(command="reproduce", data="D", out="R", categories=["bottle", "wood"], method="msflow",
           backbone="resnet18", weights=None, random_weights=True, epochs=2, max_minutes=30.0, eval_every=5,
-          cache_dir="C", download=True, archive="a.tar.xz", device="cpu", no_progress=True)),
+          cache_dir="C", download=True, archive="a.tar.xz", device="cpu", no_progress=True, workers=2)),
 ]
 
 

@@ -216,6 +216,11 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--archive",
                    help="an mvtec_anomaly_detection.tar.xz (e.g. on Google Drive) to unpack into --data instead "
                         "of downloading; implies --download (a missing file is downloaded to this path)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="number of processes, one per GPU: worker i trains its share of the categories (balanced "
+                        "by training images x epochs) on cuda:i, logging to <out>/worker<i>.log, and the tables "
+                        "are merged in --categories order (default 1: one process; with --device cpu every "
+                        "worker uses the CPU; more workers than categories are clamped)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,16 +300,22 @@ def _make_dataset(a) -> int:
 
 def _reproduce(a) -> int:
     from .data import MVTEC_CATEGORIES
-    from .reproduce import reproduce
+    from .reproduce import WorkerError, reproduce, worker_devices
 
     categories = a.categories or list(MVTEC_CATEGORIES)
+    worker_devices(a.workers, len(categories), a.device)  # a wrong --workers fails before any download
     if a.download or a.archive:
         from .download import download_mvtec
 
         download_mvtec(a.data, archive=a.archive, categories=categories)
-    reproduce(a.data, a.out, categories, method=a.method, backbone=a.backbone, weights=a.weights, pretrained=not a.random_weights,
-              epochs=a.epochs, max_minutes=a.max_minutes, eval_every=a.eval_every, cache_dir=a.cache_dir,
-              device=a.device, progress=not a.no_progress)
+    try:
+        reproduce(a.data, a.out, categories, method=a.method, backbone=a.backbone, weights=a.weights,
+                  pretrained=not a.random_weights, epochs=a.epochs, max_minutes=a.max_minutes,
+                  eval_every=a.eval_every, cache_dir=a.cache_dir, device=a.device, progress=not a.no_progress,
+                  workers=a.workers)
+    except WorkerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"tables written to {a.out}/results.md and results.csv")
     return 0
 
