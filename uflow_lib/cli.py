@@ -135,6 +135,12 @@ def _training_run_parent() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir",
                    help="folder to cache the training images' backbone features between runs (unused by sanflow, "
                         "which augments the images at every step)")
+    p.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
+                   help="write last.pt every N epochs (and at the end, and when --max-minutes stops the run); a "
+                        "crash loses fewer than N epochs (default 1; on a slow disk such as Google Drive use e.g. 10)")
+    p.add_argument("--checkpoint-minutes", type=float, metavar="M",
+                   help="also write last.pt when M minutes have passed since the last write (default: only every N "
+                        "epochs)")
     return p
 
 
@@ -166,7 +172,8 @@ def _add_train(sub) -> None:
                           _progress_parent()],
         help="train U-Flow (or MSFlow, SANFlow) on the normal images of one category (resumable)",
         description="Train U-Flow (or --method msflow/sanflow) on <data>/<category>/train/good. Writes "
-        "<out>/last.pt after every epoch; running the same command again resumes from it. Unset epochs/batch "
+        "<out>/last.pt after every epoch (see --checkpoint-every); running the same command again resumes from it. "
+        "Unset epochs/batch "
         f"size/lr come from {_SETTINGS_SOURCE}.",
     )
     p.add_argument("--batch-size", type=int, help="batch size (default: as for --epochs)")
@@ -249,6 +256,11 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--download", action="store_true",
                    help="first make the --categories available under --data: download MVTec AD (4.9 GB, SHA-256 "
                         "checked) and unpack them, unless they are already there")
+    p.add_argument("--workers", type=int, default=1,
+                   help="number of processes, one per GPU: worker i trains its share of the categories (balanced "
+                        "by training images x epochs) on cuda:i, logging to <out>/worker<i>.log, and the tables "
+                        "are merged in --categories order (default 1: one process; with --device cpu every "
+                        "worker uses the CPU; more workers than categories are clamped)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,7 +289,8 @@ def _train(a) -> int:
         backbone=a.backbone, weights=a.weights,
         pretrained=not a.random_weights, input_size=a.input_size, epochs=a.epochs, batch_size=a.batch_size,
         lr=a.lr, flow_steps=a.flow_steps, norm=a.norm, seed=a.seed, max_minutes=a.max_minutes,
-        eval_every=a.eval_every, cache_dir=a.cache_dir, device=a.device,
+        eval_every=a.eval_every, cache_dir=a.cache_dir, device=a.device, checkpoint_every=a.checkpoint_every,
+        checkpoint_minutes=a.checkpoint_minutes,
     )
     res = train(cfg, progress=not a.no_progress)
     state = "finished" if res.finished else "stopped early (run again to resume)"
@@ -342,14 +355,20 @@ def _download(a) -> int:
 
 def _reproduce(a) -> int:
     from .data import MVTEC_CATEGORIES
-    from .reproduce import reproduce
+    from .reproduce import WorkerError, reproduce, worker_devices
 
     categories = a.categories or list(MVTEC_CATEGORIES)
+    worker_devices(a.workers, len(categories), a.device)  # a wrong --workers fails before any download
     if a.download or a.archive or a.url:
         _fetch_mvtec(a, categories)
-    reproduce(a.data, a.out, categories, method=a.method, backbone=a.backbone, weights=a.weights, pretrained=not a.random_weights,
-              epochs=a.epochs, max_minutes=a.max_minutes, eval_every=a.eval_every, cache_dir=a.cache_dir,
-              device=a.device, progress=not a.no_progress)
+    try:
+        reproduce(a.data, a.out, categories, method=a.method, backbone=a.backbone, weights=a.weights,
+                  pretrained=not a.random_weights, epochs=a.epochs, max_minutes=a.max_minutes,
+                  eval_every=a.eval_every, cache_dir=a.cache_dir, device=a.device, progress=not a.no_progress,
+                  workers=a.workers, checkpoint_every=a.checkpoint_every, checkpoint_minutes=a.checkpoint_minutes)
+    except WorkerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"tables written to {a.out}/results.md and results.csv")
     return 0
 
