@@ -14,7 +14,7 @@ from uflow_lib.cli import EPILOG, build_parser
 from uflow_lib.config import DEFAULT_INPUT_SIZE, TrainConfig
 from uflow_lib.methods import resolve
 
-RUNS = ("train", "evaluate", "predict", "reproduce")
+RUNS = ("train", "evaluate", "predict", "download", "reproduce")
 
 #: Options that several subcommands share, and where each must appear (among RUNS).
 SHARED = {
@@ -30,6 +30,13 @@ SHARED = {
     "--max-minutes": {"train", "reproduce"},
     "--eval-every": {"train", "reproduce"},
     "--cache-dir": {"train", "reproduce"},
+    "--checkpoint-every": {"train", "reproduce"},
+    "--checkpoint-minutes": {"train", "reproduce"},
+    "--categories": {"download", "reproduce"},
+    "--archive": {"download", "reproduce"},
+    "--url": {"download", "reproduce"},
+    "--copy-to-local": {"download", "reproduce"},
+    "--no-copy-to-local": {"download", "reproduce"},
 }
 
 #: Options whose meaning deliberately differs between subcommands: the groups that share one definition.
@@ -37,7 +44,7 @@ DELIBERATELY_DIFFERENT = {
     # train/reproduce: which method to train (default uflow); evaluate/predict: only a check of the checkpoint
     "--method": [{"train", "reproduce"}, {"evaluate", "predict"}],
     # required where the run reads its data; evaluate defaults to the checkpoint's
-    "--data": [{"train"}, {"reproduce"}, {"evaluate"}],
+    "--data": [{"train"}, {"reproduce"}, {"evaluate"}, {"download"}],
     "--category": [{"train"}, {"evaluate"}],
     # what each subcommand writes there
     "--out": [{"train"}, {"predict"}, {"reproduce"}],
@@ -69,7 +76,7 @@ def _by_option() -> dict[str, dict[str, argparse.Action]]:
 
 
 
-@pytest.mark.parametrize("command", [None, "train", "evaluate", "predict", "make-dataset", "reproduce"])
+@pytest.mark.parametrize("command", [None, "train", "evaluate", "predict", "make-dataset", "download", "reproduce"])
 def test_every_help_parses(command, capsys):
     argv = ["--help"] if command is None else [command, "--help"]
     with pytest.raises(SystemExit) as exc:
@@ -157,7 +164,7 @@ PARSES = [
     (["train", "--data", "D", "--category", "bottle", "--out", "O"],
      dict(command="train", data="D", category="bottle", out="O", method="uflow", backbone="mcait", weights=None,
           random_weights=False, epochs=None, batch_size=None, lr=None, input_size=None, flow_steps=4,
-          variance_size=128, norm=None, max_minutes=None, eval_every=0, cache_dir=None, seed=0, device="auto",
+          variance_size=128, norm=None, max_minutes=None, eval_every=0, cache_dir=None, checkpoint_every=1, checkpoint_minutes=None, seed=0, device="auto",
           no_progress=False)),
     (["train", "--method", "sanflow", "--data", "D", "--category", "texture", "--backbone", "mobilenetv2",
       "--weights", "W.pth", "--random-weights", "--epochs", "3", "--batch-size", "4", "--lr", "1e-3",
@@ -166,7 +173,7 @@ PARSES = [
       "--out", "O", "--no-progress"],
      dict(command="train", data="D", category="texture", out="O", method="sanflow", backbone="mobilenetv2",
           weights="W.pth", random_weights=True, epochs=3, batch_size=4, lr=1e-3, input_size=128, flow_steps=2,
-          variance_size=0, norm="layernorm", max_minutes=1.5, eval_every=1, cache_dir="C", seed=7, device="cpu",
+          variance_size=0, norm="layernorm", max_minutes=1.5, eval_every=1, cache_dir="C", checkpoint_every=1, checkpoint_minutes=None, seed=7, device="cpu",
           no_progress=True)),
     (["evaluate", "--checkpoint", "r/last.pt"],
      dict(command="evaluate", checkpoint="r/last.pt", method=None, data=None, category=None, weights=None,
@@ -182,14 +189,23 @@ PARSES = [
     (["make-dataset", "--out", "G"], dict(command="make-dataset", out="G", seed=0, category="texture")),
     (["reproduce", "--data", "D", "--out", "R"],
      dict(command="reproduce", data="D", out="R", categories=None, method="uflow", backbone="mcait", weights=None,
-          random_weights=False, epochs=None, max_minutes=None, eval_every=0, cache_dir=None, download=False,
-          archive=None, device="auto", no_progress=False)),
+          random_weights=False, epochs=None, max_minutes=None, eval_every=0, cache_dir=None, checkpoint_every=1, checkpoint_minutes=None, download=False,
+          archive=None, url=None, copy_to_local=None, device="auto", no_progress=False, workers=1)),
     (["reproduce", "--data", "D", "--out", "R", "--categories", "bottle", "wood", "--method", "msflow",
       "--backbone", "resnet18", "--random-weights", "--epochs", "2", "--max-minutes", "30", "--eval-every", "5",
-      "--cache-dir", "C", "--archive", "a.tar.xz", "--download", "--device", "cpu", "--no-progress"],
+      "--cache-dir", "C", "--archive", "a.tar.xz", "--download", "--device", "cpu", "--no-progress",
+      "--url", "http://h/a.tar.xz", "--no-copy-to-local", "--workers", "2",
+      "--checkpoint-every", "10", "--checkpoint-minutes", "5"],
      dict(command="reproduce", data="D", out="R", categories=["bottle", "wood"], method="msflow",
           backbone="resnet18", weights=None, random_weights=True, epochs=2, max_minutes=30.0, eval_every=5,
-          cache_dir="C", download=True, archive="a.tar.xz", device="cpu", no_progress=True)),
+          cache_dir="C", checkpoint_every=10, checkpoint_minutes=5.0, download=True, archive="a.tar.xz", url="http://h/a.tar.xz", copy_to_local=False,
+          device="cpu", no_progress=True, workers=2)),
+    (["download", "--data", "D"],
+     dict(command="download", data="D", categories=None, archive=None, url=None, copy_to_local=None)),
+    (["download", "--data", "D", "--categories", "bottle", "--archive", "/content/drive/a.tar.xz", "--url", "U",
+      "--copy-to-local"],
+     dict(command="download", data="D", categories=["bottle"], archive="/content/drive/a.tar.xz", url="U",
+          copy_to_local=True)),
 ]
 
 
@@ -224,7 +240,7 @@ def test_epilog_examples_parse_and_render_one_per_line():
     assert max(map(len, lines)) <= 120
     commands = EPILOG.replace("\\\n", " ").splitlines()
     examples = [c.strip() for c in commands if c.strip().startswith("python -m uflow_lib ")]
-    assert len(examples) == 6
+    assert len(examples) == 8
     for example in examples:
         argv = shlex.split(example)[3:]
         args = build_parser().parse_args(argv)

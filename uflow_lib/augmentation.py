@@ -41,15 +41,16 @@ def _blend(out: torch.Tensor, mask: torch.Tensor, source: torch.Tensor, kind: st
     """Soft rectangle/circle of ``source`` (3, H, W) blended into ``out`` (3, H, W) in place; ``mask`` (H, W)."""
     H, W = out.shape[-2:]
     S = min(H, W)
+    dev = out.device  # the ramp is made where the image is
     if kind == "rectangle":
         hh, ww = (int(rng.integers(max(2, S // 16), max(3, S // 4 + 1))) for _ in range(2))
-        yy, xx = torch.meshgrid(torch.arange(hh), torch.arange(ww), indexing="ij")
+        yy, xx = torch.meshgrid(torch.arange(hh, device=dev), torch.arange(ww, device=dev), indexing="ij")
         inner = torch.minimum(torch.minimum(yy + 1, hh - yy), torch.minimum(xx + 1, ww - xx)).float()  # 1 at edge
         ramp = (inner / max(1, min(hh, ww) // 4)).clamp(max=1.0)  # (hh, ww), > 0 everywhere in the box
     else:  # circle
         r = float(rng.uniform(max(1.5, S / 16), max(2.0, S / 6)))
         hh = ww = 2 * int(math.ceil(r)) + 1
-        yy, xx = torch.meshgrid(torch.arange(hh), torch.arange(ww), indexing="ij")
+        yy, xx = torch.meshgrid(torch.arange(hh, device=dev), torch.arange(ww, device=dev), indexing="ij")
         dist = torch.hypot((yy - hh // 2).float(), (xx - ww // 2).float())
         ramp = ((r - dist) / max(1.0, r / 4)).clamp(0.0, 1.0)  # (hh, ww), 0 outside the disc
     if hh > H or ww > W:
@@ -72,7 +73,8 @@ def _scar(out: torch.Tensor, mask: torch.Tensor, image: torch.Tensor, rng: np.ra
     if 2 * r + 1 > min(H, W):
         raise ValueError(f"image {H}x{W} is too small for a scar; use images of at least 16x16")
     cy, cx, sy, sx = (int(rng.integers(r, n - r)) for n in (H, W, H, W))  # target and source centres
-    dy, dx = torch.meshgrid(torch.arange(-r, r + 1), torch.arange(-r, r + 1), indexing="ij")  # (2r+1, 2r+1)
+    offsets = torch.arange(-r, r + 1, device=out.device)  # on the image's device: no host-to-device index copies
+    dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")  # (2r+1, 2r+1)
     u = math.cos(theta) * dx + math.sin(theta) * dy  # coordinates in the scar's own frame
     v = -math.sin(theta) * dx + math.cos(theta) * dy
     inside = (u.abs() <= w / 2) & (v.abs() <= length / 2)

@@ -36,13 +36,17 @@ def load_trained(
     """Load a checkpoint → ``(config, extractor, model, checkpoint dict)``, both modules on ``device``, eval mode.
 
     The model is of the method the checkpoint names. ``weights`` overrides the saved weights file path (e.g. the
-    checkpoint was made on another machine).
+    checkpoint was made on another machine). A run with random backbone weights (``pretrained=False``, no file)
+    stores no backbone: it is rebuilt from the run's seed exactly as training built it, whatever the caller's
+    random state (which is left untouched).
     """
     ckpt = load_checkpoint(path)
     cfg = resolve(TrainConfig.from_dict(ckpt["config"]))
     if weights is not None:
         cfg.weights = weights
-    extractor = build_extractor_for(cfg).to(device)
-    model = build_model(cfg, extractor)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)  # training seeds, then builds the extractor first (uflow_lib.training)
+        extractor = build_extractor_for(cfg).to(device)
+        model = build_model(cfg, extractor)
     model.load_state_dict(ckpt["model"])
     return cfg, extractor, model.to(device).eval(), ckpt

@@ -1,4 +1,5 @@
-"""Command line: ``python -m uflow_lib {train,evaluate,predict,make-dataset,reproduce}``; ``--help`` for details.
+"""Command line: ``python -m uflow_lib {train,evaluate,predict,make-dataset,download,reproduce}``; ``--help`` for
+details.
 
 ``train`` and ``reproduce`` take ``--method uflow|msflow|sanflow``; ``evaluate`` and ``predict`` read the method
 from the checkpoint (``--method`` there only checks it).
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .config import DEFAULT_INPUT_SIZE, TrainConfig
+from .download import URL_ENV, DownloadError
 from .methods import METHODS
 
 __all__ = ["main", "build_parser"]
@@ -28,6 +30,10 @@ examples:
   # the same data with MSFlow or SANFlow (book chapter 7; CNN backbones only)
   python -m uflow_lib train --method msflow --data data/generated --category texture --backbone mobilenetv2 \\
       --weights ../shared/weights/mobilenetv2_100_imagenet_from_tflite.pth --epochs 30 --lr 1e-3 --out runs/msflow
+
+  # MVTec AD (4.9 GB): download it, or unpack a copy downloaded by hand (e.g. kept on Google Drive)
+  python -m uflow_lib download --data mvtec_ad --categories bottle
+  python -m uflow_lib download --data mvtec_ad --archive /content/drive/MyDrive/mvtec_anomaly_detection.tar.xz
 
   # the paper's setting on a GPU (MS-CaiT weights download from the Hugging Face hub)
   python -m uflow_lib train --data mvtec_ad --category bottle --backbone mcait --out runs/bottle
@@ -129,6 +135,30 @@ def _training_run_parent() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir",
                    help="folder to cache the training images' backbone features between runs (unused by sanflow, "
                         "which augments the images at every step)")
+    p.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
+                   help="write last.pt every N epochs (and at the end, and when --max-minutes stops the run); a "
+                        "crash loses fewer than N epochs (default 1; on a slow disk such as Google Drive use e.g. 10)")
+    p.add_argument("--checkpoint-minutes", type=float, metavar="M",
+                   help="also write last.pt when M minutes have passed since the last write (default: only every N "
+                        "epochs)")
+    return p
+
+
+def _mvtec_parent() -> argparse.ArgumentParser:
+    """Which MVTec AD categories, and where the archive comes from: download, reproduce."""
+    p = _parent()
+    p.add_argument("--categories", nargs="+", help="default: all 15 MVTec AD categories")
+    p.add_argument("--archive",
+                   help="an mvtec_anomaly_detection.tar.xz (e.g. on Google Drive) to unpack into --data instead "
+                        "of downloading (a missing file is downloaded to this path); reproduce: implies --download")
+    p.add_argument("--url",
+                   help=f"where to download the archive from (default: ${URL_ENV} if set, else MVTec's share link, "
+                        "which MVTec rotates: if it fails, download the archive by hand and pass --archive); "
+                        "reproduce: implies --download")
+    p.add_argument("--copy-to-local", action=argparse.BooleanOptionalAction,
+                   help="copy an existing --archive to --data before checking and unpacking it, so that a slow "
+                        "mount is read once; the copy is kept and reused (default: only for archives under "
+                        "/content/drive)")
     return p
 
 
@@ -142,7 +172,8 @@ def _add_train(sub) -> None:
                           _progress_parent()],
         help="train U-Flow (or MSFlow, SANFlow) on the normal images of one category (resumable)",
         description="Train U-Flow (or --method msflow/sanflow) on <data>/<category>/train/good. Writes "
-        "<out>/last.pt after every epoch; running the same command again resumes from it. Unset epochs/batch "
+        "<out>/last.pt after every epoch (see --checkpoint-every); running the same command again resumes from it. "
+        "Unset epochs/batch "
         f"size/lr come from {_SETTINGS_SOURCE}.",
     )
     p.add_argument("--batch-size", type=int, help="batch size (default: as for --epochs)")
@@ -198,24 +229,38 @@ def _add_make_dataset(sub) -> None:
     p.add_argument("--category", default="texture")
 
 
+def _add_download(sub) -> None:
+    head = _parent()
+    head.add_argument("--data", required=True, help="folder to unpack MVTec AD into (<data>/<category>/...)")
+    sub.add_parser("download", parents=[head, _mvtec_parent()],
+                   help="download MVTec AD (or use a copy on disk), check its SHA-256 and unpack categories",
+                   description="Make the --categories of MVTec AD available under --data: nothing to do if they "
+                               "are there; else check the archive's SHA-256 (--archive, or a download to "
+                               "<data>/mvtec_anomaly_detection.tar.xz, resumed if interrupted) and unpack them. "
+                               "MVTec rotates its download links: if the download fails, get the archive from "
+                               "https://www.mvtec.com/company/research/datasets/mvtec-ad after accepting the "
+                               f"licence and pass --archive, or give a working link with --url (or ${URL_ENV}).")
+
+
 def _add_reproduce(sub) -> None:
     head = _parent()
     head.add_argument("--data", required=True, help="MVTec AD root (with --download: where to unpack it)")
     head.add_argument("--out", required=True, help="output folder (one subfolder per category + the tables)")
     p = sub.add_parser("reproduce", parents=[head, _method_select_parent(), _training_run_parent(), _weights_parent(),
-                                             _device_parent(), _progress_parent()],
+                                             _device_parent(), _progress_parent(), _mvtec_parent()],
                        help="train + evaluate many categories and write the paper's table",
                        description="Train each category (resumable), evaluate its last epoch and write "
                                    "<out>/results.md and results.csv beside the paper's numbers (U-Flow's on MVTec "
                                    "AD; blank for other methods and categories). Unset epochs/batch size/lr come "
                                    f"from {_SETTINGS_SOURCE}.")
-    p.add_argument("--categories", nargs="+", help="default: all 15 MVTec AD categories")
     p.add_argument("--download", action="store_true",
                    help="first make the --categories available under --data: download MVTec AD (4.9 GB, SHA-256 "
                         "checked) and unpack them, unless they are already there")
-    p.add_argument("--archive",
-                   help="an mvtec_anomaly_detection.tar.xz (e.g. on Google Drive) to unpack into --data instead "
-                        "of downloading; implies --download (a missing file is downloaded to this path)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="number of processes, one per GPU: worker i trains its share of the categories (balanced "
+                        "by training images x epochs) on cuda:i, logging to <out>/worker<i>.log, and the tables "
+                        "are merged in --categories order (default 1: one process; with --device cpu every "
+                        "worker uses the CPU; more workers than categories are clamped)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,11 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{train,evaluate,predict,make-dataset,reproduce}")
+                                metavar="{train,evaluate,predict,make-dataset,download,reproduce}")
     _add_train(sub)
     _add_evaluate(sub)
     _add_predict(sub)
     _add_make_dataset(sub)
+    _add_download(sub)
     _add_reproduce(sub)
     return parser
 
@@ -243,7 +289,8 @@ def _train(a) -> int:
         backbone=a.backbone, weights=a.weights,
         pretrained=not a.random_weights, input_size=a.input_size, epochs=a.epochs, batch_size=a.batch_size,
         lr=a.lr, flow_steps=a.flow_steps, norm=a.norm, seed=a.seed, max_minutes=a.max_minutes,
-        eval_every=a.eval_every, cache_dir=a.cache_dir, device=a.device,
+        eval_every=a.eval_every, cache_dir=a.cache_dir, device=a.device, checkpoint_every=a.checkpoint_every,
+        checkpoint_minutes=a.checkpoint_minutes,
     )
     res = train(cfg, progress=not a.no_progress)
     state = "finished" if res.finished else "stopped early (run again to resume)"
@@ -293,18 +340,35 @@ def _make_dataset(a) -> int:
     return 0
 
 
+def _fetch_mvtec(a, categories: list[str] | None) -> None:
+    """The MVTec AD options of ``download`` and ``reproduce`` passed to :func:`~uflow_lib.download.download_mvtec`."""
+    from .download import download_mvtec
+
+    download_mvtec(a.data, archive=a.archive, url=a.url, categories=categories, copy_to_local=a.copy_to_local)
+
+
+def _download(a) -> int:
+    _fetch_mvtec(a, a.categories)
+    print(f"MVTec AD ready under {a.data}")
+    return 0
+
+
 def _reproduce(a) -> int:
     from .data import MVTEC_CATEGORIES
-    from .reproduce import reproduce
+    from .reproduce import WorkerError, reproduce, worker_devices
 
     categories = a.categories or list(MVTEC_CATEGORIES)
-    if a.download or a.archive:
-        from .download import download_mvtec
-
-        download_mvtec(a.data, archive=a.archive, categories=categories)
-    reproduce(a.data, a.out, categories, method=a.method, backbone=a.backbone, weights=a.weights, pretrained=not a.random_weights,
-              epochs=a.epochs, max_minutes=a.max_minutes, eval_every=a.eval_every, cache_dir=a.cache_dir,
-              device=a.device, progress=not a.no_progress)
+    worker_devices(a.workers, len(categories), a.device)  # a wrong --workers fails before any download
+    if a.download or a.archive or a.url:
+        _fetch_mvtec(a, categories)
+    try:
+        reproduce(a.data, a.out, categories, method=a.method, backbone=a.backbone, weights=a.weights,
+                  pretrained=not a.random_weights, epochs=a.epochs, max_minutes=a.max_minutes,
+                  eval_every=a.eval_every, cache_dir=a.cache_dir, device=a.device, progress=not a.no_progress,
+                  workers=a.workers, checkpoint_every=a.checkpoint_every, checkpoint_minutes=a.checkpoint_minutes)
+    except WorkerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"tables written to {a.out}/results.md and results.csv")
     return 0
 
@@ -312,10 +376,10 @@ def _reproduce(a) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"train": _train, "evaluate": _evaluate, "predict": _predict, "make-dataset": _make_dataset,
-                "reproduce": _reproduce}
+                "download": _download, "reproduce": _reproduce}
     try:
         return handlers[args.command](args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, DownloadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -25,6 +25,9 @@ class TrainConfig:
     #: "uflow" (the paper), "msflow" or "sanflow" (book chapter 7); see uflow_lib.methods.METHODS
     method: str = "uflow"
     backbone: str = "mcait"
+    #: MS-CaiT only: self-attention blocks used at 448 and 224; None → the paper's (41, 21). Fewer, with random
+    #: weights, run the real architecture quickly (the book's smoke mode, tests)
+    cait_blocks: list[int] | None = None
     #: local weights file (offline); None → hub (Colab) unless ``pretrained`` is False
     weights: str | None = None
     #: False → random backbone weights (tests; machines with neither internet nor a weights file)
@@ -47,6 +50,10 @@ class TrainConfig:
     max_minutes: float | None = None
     #: evaluate on the test set every N epochs to track best-on-test (0: never; the paper's protocol is last epoch)
     eval_every: int = 0
+    #: write last.pt every N epochs (and at the end, and when max_minutes stops the run); a crash loses < N epochs
+    checkpoint_every: int = 1
+    #: also write last.pt when this many minutes have passed since the last write (None: only every N epochs)
+    checkpoint_minutes: float | None = None
     #: folder for cached features (None: computed once per run, in memory)
     cache_dir: str | None = None
     #: recompute features at every step instead of caching (only to measure what caching saves)
@@ -61,6 +68,16 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 setattr(self, name, str(value))
+
+        if self.cait_blocks is not None:
+            self.cait_blocks = [int(b) for b in self.cait_blocks]
+            if len(self.cait_blocks) != 2 or min(self.cait_blocks) < 1:
+                raise ValueError(f"cait_blocks must be two positive block counts (448, 224), got {self.cait_blocks}")
+        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
+                or self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be an integer >= 1, got {self.checkpoint_every!r}")
+        if self.checkpoint_minutes is not None and not self.checkpoint_minutes > 0:
+            raise ValueError(f"checkpoint_minutes must be > 0 or None, got {self.checkpoint_minutes!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

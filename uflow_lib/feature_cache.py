@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-__all__ = ["extract_features", "cached_features", "cache_key"]
+__all__ = ["extract_features", "cached_features", "cache_key", "ReplayExtractor"]
 
 
 @torch.no_grad()
@@ -72,3 +72,53 @@ def cached_features(
     torch.save(feats, tmp)
     tmp.replace(path)
     return feats
+
+
+class ReplayExtractor(torch.nn.Module):
+    """A frozen extractor that computes the features of a fixed sequence of batches once and replays them.
+
+    Evaluating on the test set every few epochs (best-on-test tracking) passes the same batches, in the same
+    order, through the same frozen extractor each time: the first pass keeps every batch's features on the
+    CPU, later passes (after :meth:`rewind`) return them instead of running the backbone again. Each replayed
+    batch is checked against the one recorded (shape and pixel sum), so a different sequence raises.
+    """
+
+    def __init__(self, extractor: torch.nn.Module) -> None:
+        super().__init__()
+        self.extractor = extractor
+        self.channels, self.strides = extractor.channels, extractor.strides
+        self._kept: list[tuple[tuple[int, ...], float, list[torch.Tensor]]] = []
+        self._next = 0
+        #: batches computed by the backbone / replayed from memory, over the wrapper's life
+        self.computed = self.replayed = 0
+
+    def rewind(self) -> "ReplayExtractor":
+        """Start again at the first batch of the sequence."""
+        self._next = 0
+        return self
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """The wrapped extractor's input normalisation (SANFlow's variance network reads it)."""
+        return self.extractor.normalise(images)
+
+    def feature_sizes(self, input_size: int) -> list[int]:
+        return self.extractor.feature_sizes(input_size)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """``(B, 3, S, S)`` → the extractor's list of ``(B, C_s, h_s, w_s)``, on ``images``' device."""
+        fingerprint = (tuple(images.shape), float(images.double().sum()))
+        i, self._next = self._next, self._next + 1
+        if i < len(self._kept):
+            shape, total, feats = self._kept[i]
+            if (shape, total) != fingerprint:
+                raise RuntimeError(f"batch {i} differs from the one recorded (shape {fingerprint[0]} vs {shape}); "
+                                   "call rewind() before each pass over the same data")
+            self.replayed += 1
+            return [f.to(images.device, non_blocking=True) for f in feats]
+        if i > len(self._kept):
+            raise RuntimeError("batches were skipped since the last rewind(); replay needs the same sequence")
+        feats = self.extractor(images)
+        self._kept.append((fingerprint[0], fingerprint[1], [f.detach().cpu() for f in feats]))
+        self.computed += 1
+        return feats

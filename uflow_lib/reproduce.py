@@ -4,23 +4,33 @@
 after a disconnect), evaluates the **last epoch** at 256×256, and writes ``<out>/results.csv`` and
 ``<out>/results.md`` with the paper's numbers beside. When ``eval_every`` > 0, the best-on-test epoch (selected
 on test pixel AUROC, as the authors did) is reported in separate, labelled columns — never mixed with the
-last-epoch numbers. ``python -m uflow_lib reproduce --help`` is the same from the command line.
+last-epoch numbers. ``workers=N`` (``--workers N``) spreads the categories over N processes, one per GPU, and
+merges their results into the same table. ``python -m uflow_lib reproduce --help`` is the same from the command
+line.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
+
+import torch
 
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .data import MVTEC_CATEGORIES
 from .evaluation import evaluate_checkpoint
+from .methods import resolve
+from .runtime import pick_device
 from .training import train
 
-__all__ = ["PAPER_RESULTS", "reproduce", "results_table"]
+__all__ = ["PAPER_RESULTS", "WorkerError", "category_row", "deal_categories", "reproduce", "results_table",
+           "worker_devices"]
 
 #: The paper's final MVTec AD results (%, mIoU as fractions): pixel AUROC, AUPRO, mIoU automatic (NFA), oracle.
 PAPER_RESULTS: dict[str, tuple[float, float, float, float]] = {
@@ -111,33 +121,221 @@ def reproduce(
     device: str = "auto",
     progress: bool = True,
     log=print,
+    workers: int = 1,
+    cait_blocks: Sequence[int] | None = None,
+    checkpoint_every: int = 1,
+    checkpoint_minutes: float | None = None,
 ) -> list[dict]:
     """Train and evaluate each category (resumable); returns the table rows and writes results.csv/.md to ``out``.
 
     A category whose training stopped early (``max_minutes``) is evaluated at the epoch it reached and marked by
     its ``epochs`` column; run again to continue it. ``method`` trains MSFlow or SANFlow instead (their own
-    recipes, :mod:`uflow_lib.methods`; they need a CNN backbone).
+    recipes, :mod:`uflow_lib.methods`; they need a CNN backbone). ``checkpoint_every`` / ``checkpoint_minutes``:
+    how often ``last.pt`` is written (:class:`~uflow_lib.config.TrainConfig`); ``cait_blocks``: a shallower
+    MS-CaiT (random weights, quick checks of the full path).
+
+    ``workers`` > 1 runs that many processes, one per GPU (worker ``i`` on ``cuda:i``; every worker on the CPU
+    when ``device`` is the CPU), each on its own share of the categories (:func:`deal_categories`) and logging to
+    ``<out>/worker<i>.log``; the parent then writes one table in the order of ``categories``. Every row is read
+    from ``<out>/<category>/metrics.json`` (and the best-on-test record of ``last.pt``), so the table does not
+    depend on ``workers``. A failed worker raises :class:`WorkerError` once the others are done; the categories
+    that finished keep their results, and running again resumes the rest.
     """
     out = Path(out)
-    rows = []
-    for category in categories:
-        cfg = TrainConfig(data=str(data), category=category, out=str(out / category), method=method, backbone=backbone,
-                          weights=weights, pretrained=pretrained, epochs=epochs, max_minutes=max_minutes,
-                          eval_every=eval_every, cache_dir=cache_dir, device=device)
-        res = train(cfg, progress=progress, log=log)
-        done = out / category / "metrics.json"
-        cached = json.loads(done.read_text()) if done.is_file() else None
-        if cached is None or cached["epoch"] != res.epochs_done:
-            metrics = evaluate_checkpoint(str(res.checkpoint), device=device, progress=progress)
-            done.write_text(json.dumps(metrics))
-        else:
-            metrics = cached
-        best = load_checkpoint(res.checkpoint).get("best_on_test")
-        rows.append(_row(category, metrics, best))
-        log(f"{category}: epoch {metrics['epoch']}, pixel AUROC {100 * metrics['pixel_auroc']:.2f}, "
-            f"AUPRO {100 * metrics['aupro']:.2f}, mIoU auto {metrics.get('miou_auto', float('nan')):.4f}")
+    categories = list(categories)
+    settings = dict(data=str(data), method=method, backbone=backbone, weights=weights, pretrained=pretrained,
+                    epochs=epochs, max_minutes=max_minutes, eval_every=eval_every, cache_dir=cache_dir,
+                    cait_blocks=None if cait_blocks is None else list(cait_blocks), checkpoint_every=checkpoint_every,
+                    checkpoint_minutes=checkpoint_minutes)
+    devices = worker_devices(workers, len(categories), device)
+    if len(devices) == 1:
+        rows = []
+        for category in categories:
+            log(_run_category(out, category, settings, devices[0], progress, log))
+            rows.append(category_row(out, category))
+            _write(out, rows)
+        return rows
+    costs = [_cost(category, settings) for category in categories]
+    shares = deal_categories(categories, costs, len(devices))
+    finished, failures = _run_workers(out, shares, devices, settings, progress, log)
+    rows = [category_row(out, c) for c in categories if c in finished]
+    if rows:
         _write(out, rows)
+    if failures:
+        raise WorkerError(_failure_message(failures, categories))
     return rows
+
+
+class WorkerError(RuntimeError):
+    """A category failed in a worker process of :func:`reproduce`; the message is one line."""
+
+
+def worker_devices(workers: int, n_categories: int, device: str = "auto") -> list[str]:
+    """The device of each worker :func:`reproduce` starts: one entry per worker, ``workers`` clamped to the
+    number of categories. Raises ``ValueError`` (one line) for ``workers`` < 1, more workers than visible GPUs,
+    or a ``device`` naming a single GPU with several workers."""
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1 (got {workers}); pass --workers 1 for one process")
+    n = max(1, min(workers, n_categories))
+    if n == 1:
+        return [device]
+    if pick_device(device).type == "cpu":
+        return ["cpu"] * n
+    if device not in ("auto", "cuda"):
+        raise ValueError(f"--device {device} names one device, but --workers {n} puts worker i on cuda:i; "
+                         f"pass --device cuda (or auto), or --workers 1")
+    gpus = torch.cuda.device_count()
+    if n > gpus:
+        raise ValueError(f"--workers {n} asks for more processes than the {gpus} visible GPU(s) (one process per "
+                         f"GPU); pass --workers {gpus} or fewer, or --device cpu")
+    return [f"cuda:{i}" for i in range(n)]
+
+
+def deal_categories(categories: Sequence[str], costs: Sequence[float], workers: int) -> list[list[str]]:
+    """Deal ``categories`` to ``workers`` lists, balanced by cost; returns one list per worker, each in the
+    order of ``categories``.
+
+    Greedy longest-first: the costliest category goes to the worker with the least work so far (ties: the
+    lower worker index, then the earlier category). The cost :func:`reproduce` passes is training images ×
+    epochs, since MVTec AD categories differ by up to 6× in training images and the paper's epochs differ per
+    category too: dealing round-robin could give one GPU several of the longest categories while another idles.
+    """
+    order = sorted(range(len(categories)), key=lambda k: (-costs[k], k))
+    load = [0.0] * workers
+    picked: list[list[int]] = [[] for _ in range(workers)]
+    for k in order:
+        w = min(range(workers), key=lambda i: (load[i], i))
+        load[w] += costs[k]
+        picked[w].append(k)
+    return [[categories[k] for k in sorted(ks)] for ks in picked]
+
+
+def category_row(out: str | Path, category: str) -> dict:
+    """The table row of a category :func:`reproduce` finished: from ``<out>/<category>/metrics.json`` and the
+    best-on-test record of ``<out>/<category>/last.pt``."""
+    folder = Path(out) / category
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return _row(category, metrics, load_checkpoint(folder / "last.pt").get("best_on_test"))
+
+
+def _config(out: Path, category: str, settings: dict, device: str) -> TrainConfig:
+    return TrainConfig(category=category, out=str(out / category), device=device, **settings)
+
+
+def _run_category(out: Path, category: str, settings: dict, device: str, progress: bool, log) -> str:
+    """Train (resume) and evaluate one category, writing its metrics.json; returns the summary line."""
+    res = train(_config(out, category, settings, device), progress=progress, log=log)
+    done = out / category / "metrics.json"
+    metrics = json.loads(done.read_text()) if done.is_file() else None
+    if metrics is None or metrics["epoch"] != res.epochs_done:
+        metrics = evaluate_checkpoint(str(res.checkpoint), device=device, progress=progress)
+        done.write_text(json.dumps(metrics))
+    return (f"{category}: epoch {metrics['epoch']}, pixel AUROC {100 * metrics['pixel_auroc']:.2f}, "
+            f"AUPRO {100 * metrics['aupro']:.2f}, mIoU auto {metrics.get('miou_auto', float('nan')):.4f}")
+
+
+def _cost(category: str, settings: dict) -> float:
+    """Training images × epochs of a category (its images only count when its folder exists)."""
+    good = Path(settings["data"]) / category / "train" / "good"
+    images = sum(1 for p in good.iterdir() if p.is_file()) if good.is_dir() else 0
+    epochs = resolve(_config(Path("."), category, settings, "cpu")).epochs or 1
+    return float(images * epochs)
+
+
+def _worker(index: int, categories: list[str], out: str, settings: dict, device: str, progress: bool,
+            log_path: str, messages) -> None:
+    """One worker process: its categories in turn, output to ``log_path``; reports to the parent through
+    ``messages`` as ``(kind, worker, category, text)`` with kind ``start``, ``done`` or ``error``."""
+    with open(log_path, "a", buffering=1) as f:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(f.fileno(), 1)  # C-level output (warnings of native libraries) goes to the log as well
+        os.dup2(f.fileno(), 2)
+        log = lambda text: print(text, flush=True)  # noqa: E731
+        log(f"worker {index} on {device}: {', '.join(categories)}")
+        for category in categories:
+            messages.put(("start", index, category, ""))
+            try:
+                line = _run_category(Path(out), category, settings, device, progress, log)
+            except BaseException as e:  # noqa: BLE001 - reported to the parent, traceback in the log
+                traceback.print_exc()
+                sys.stderr.flush()
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                messages.put(("error", index, category, f"{type(e).__name__}: {first}" if first else type(e).__name__))
+                return
+            log(line)
+            messages.put(("done", index, category, line))
+
+
+def _run_workers(out: Path, shares: list[list[str]], devices: list[str], settings: dict, progress: bool,
+                 log) -> tuple[set[str], list[tuple[str, int, str, Path]]]:
+    """Start one spawned process per share and wait for all; returns the finished categories and the failures
+    as ``(category, worker, one-line reason, log file)``."""
+    import multiprocessing as mp
+    import queue
+
+    ctx = mp.get_context("spawn")  # CUDA cannot be used in a forked child
+    messages = ctx.Queue()
+    out.mkdir(parents=True, exist_ok=True)
+    logs = [out / f"worker{i}.log" for i in range(len(shares))]
+    procs = []
+    for i, (share, dev) in enumerate(zip(shares, devices)):
+        log(f"worker {i} on {dev}: {', '.join(share)} (log: {logs[i]})")
+        procs.append(ctx.Process(target=_worker, name=f"reproduce-worker{i}", daemon=True,
+                                 args=(i, share, str(out), settings, dev, progress, str(logs[i]), messages)))
+    current: dict[int, str] = {}
+    finished: set[str] = set()
+    failures: list[tuple[str, int, str, Path]] = []
+
+    def handle(message: tuple) -> None:
+        kind, i, category, text = message
+        if kind == "start":
+            current[i] = category
+            return
+        current.pop(i, None)
+        if kind == "done":
+            finished.add(category)
+            log(text)
+        else:
+            failures.append((category, i, text, logs[i]))
+
+    try:
+        for p in procs:
+            p.start()
+        while any(p.is_alive() for p in procs):
+            try:
+                handle(messages.get(timeout=1.0))
+            except queue.Empty:
+                pass
+        while True:  # what the workers sent just before they exited
+            try:
+                handle(messages.get(timeout=0.2))
+            except queue.Empty:
+                break
+    finally:
+        for p in procs:
+            if p.pid is None:  # never started
+                continue
+            if p.is_alive():
+                p.terminate()
+            p.join()
+    reported = {f[1] for f in failures}
+    for i, p in enumerate(procs):  # killed or crashed without a word (e.g. out of memory)
+        if p.pid is not None and p.exitcode != 0 and i not in reported:
+            category = current.get(i) or next(c for c in shares[i] if c not in finished)
+            failures.append((category, i, f"the process exited with code {p.exitcode}", logs[i]))
+    return finished, failures
+
+
+def _failure_message(failures: list[tuple[str, int, str, Path]], categories: Sequence[str]) -> str:
+    """One line: the first failed category (in the caller's order), its worker, reason and log file."""
+    failures = sorted(failures, key=lambda f: categories.index(f[0]))
+    category, i, reason, log_file = failures[0]
+    message = f"category {category!r} failed in worker {i} ({reason}); see {log_file}"
+    if len(failures) > 1:
+        others = ", ".join(f"{c!r} (worker{w}.log)" for c, w, _, _ in failures[1:])
+        message += f"; also failed: {others}"
+    return message + "; finished categories are kept, run again to resume"
 
 
 def _write(out: Path, rows: Sequence[dict]) -> None:

@@ -287,7 +287,7 @@ def render_sample(category: str, defect: str | None, rng: np.random.Generator,
 
 def make_dataset(root: str | Path, seed: int = 0, category: str = DEFAULT_CATEGORY, image_size: int = 256,
                  n_train: int = 60, n_test_good: int = 10, n_test_defect: int = 8,
-                 defect_types: Sequence[str] | None = None) -> Path:
+                 defect_types: Sequence[str] | None = None, name: str | None = None) -> Path:
     """Write a generated category in the MVTec AD layout under ``root`` (see the module docstring).
 
     Parameters
@@ -305,6 +305,9 @@ def make_dataset(root: str | Path, seed: int = 0, category: str = DEFAULT_CATEGO
         generation to a few seconds and the training of a small flow quick.
     defect_types : sequence of str, optional
         Subset of the category's defects (default: all of them, e.g. hole, scratch, stain, fold).
+    name : str, optional
+        Folder name of the category under ``root`` (default: ``category``); e.g. ``"carpet"`` to stand in for
+        an MVTec AD category in an offline MVTec-layout root.
 
     Returns
     -------
@@ -323,15 +326,17 @@ def make_dataset(root: str | Path, seed: int = 0, category: str = DEFAULT_CATEGO
     if not types or any(t not in known for t in types) or len(set(types)) != len(types):
         raise ValueError(f"defect_types={defect_types!r}: expected distinct names from {known} for "
                          f"category {category!r} (or None for all of them).")
-    for name, value, low in (("seed", seed, 0), ("image_size", image_size, 64), ("n_train", n_train, 1),
+    for arg, value, low in (("seed", seed, 0), ("image_size", image_size, 64), ("n_train", n_train, 1),
                              ("n_test_good", n_test_good, 0), ("n_test_defect", n_test_defect, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name}={value!r}: expected an integer >= {low}.")
+            raise ValueError(f"{arg}={value!r}: expected an integer >= {low}.")
+    if name is not None and (not isinstance(name, str) or not name or "/" in name or name in (".", "..")):
+        raise ValueError(f"name={name!r}: expected a folder name such as 'carpet'.")
     root = Path(root)
-    folder = root / category
+    folder = root / (name or category)
     params = dict(version=_GENERATOR_VERSION, seed=int(seed), category=category, image_size=int(image_size),
                   n_train=int(n_train), n_test_good=int(n_test_good), n_test_defect=int(n_test_defect),
-                  defect_types=types)
+                  defect_types=types, **({"name": name} if name else {}))
     marker = folder / "synthetic.json"
     if marker.is_file():
         if json.loads(marker.read_text()) == params:

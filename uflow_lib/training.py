@@ -1,11 +1,12 @@
-"""Training loop of every method: cached features, the method's loss and optimiser, a resumable checkpoint every epoch.
+"""Training loop of every method: cached features, the method's loss and optimiser, resumable checkpoints.
 
 What differs between U-Flow, MSFlow and SANFlow (stages, loss, learning-rate schedule, whether features can
 be cached) comes from the method (:mod:`uflow_lib.methods`); the loop, seeding, checkpoints and stopping are shared.
 
-``train(cfg)`` writes ``cfg.out/last.pt`` after every epoch (and ``best_on_test.pt`` when ``eval_every`` > 0).
-Run it again with the same ``out`` and it resumes where it stopped; ``max_minutes`` stops cleanly at an epoch
-boundary. The shuffling of epoch ``e`` is seeded by ``seed + e`` (SANFlow's synthetic anomalies of batch ``b`` by
+``train(cfg)`` writes ``cfg.out/last.pt`` every ``checkpoint_every`` epochs (default: every epoch), also when
+``checkpoint_minutes`` have passed since the last write, at the end, and when ``max_minutes`` stops the run cleanly
+at an epoch boundary (and ``best_on_test.pt`` when ``eval_every`` > 0, with the test features extracted once
+and replayed). Run it again with the same ``out`` and it resumes from the last write. The shuffling of epoch ``e`` is seeded by ``seed + e`` (SANFlow's synthetic anomalies of batch ``b`` by
 ``(seed, e, b)``) and learning-rate schedules are functions of the step, so a resumed run continues exactly as
 an uninterrupted one would (``tests/test_training.py`` checks this).
 """
@@ -25,7 +26,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import MVTecDataset
 from .evaluation import evaluate_model
-from .feature_cache import cached_features
+from .feature_cache import ReplayExtractor, cached_features
 from .methods import FlowMethod, architecture, build_extractor_for, build_model, get_method, resolve
 from .runtime import pick_device, seed_everything
 
@@ -56,6 +57,8 @@ class _Run:
     #: decoded training images (N, 3, S, S) for methods that augment them, else None
     images: torch.Tensor | None
     optimizer: torch.optim.Optimizer | None = None
+    #: the extractor as the test evaluations see it (features of the test set computed once, then replayed)
+    test_extractor: ReplayExtractor | None = None
     start_epoch: int = 0
     history: list[dict] = field(default_factory=list)
     best: dict | None = None
@@ -89,7 +92,8 @@ def _start(cfg: TrainConfig, progress: bool) -> _Run:
                                                                 disable=not progress, leave=False)])
     else:
         key = dict(backbone=cfg.backbone, weights=cfg.weights, pretrained=cfg.pretrained, size=cfg.input_size,
-                   stages=method.out_indices(cfg.backbone))
+                   stages=method.out_indices(cfg.backbone), **({} if cfg.cait_blocks is None else
+                                                                dict(cait_blocks=list(cfg.cait_blocks))))
         raw = cached_features(extractor, dataset, cfg.cache_dir, key, device=device, progress=progress,
                               desc="train features")
         features = method.prepare(raw)
@@ -124,6 +128,11 @@ def _batch(run: _Run, idx: torch.Tensor, epoch: int, b: int) -> dict:
     return dict(features=[f[idx].to(run.device, non_blocking=True) for f in run.features])
 
 
+def _batch_loss(run: _Run, idx: torch.Tensor, epoch: int, b: int) -> torch.Tensor:
+    """Scalar training loss of the method on the training images ``idx`` (batch ``b`` of ``epoch``), on the device."""
+    return run.method.loss(run.model, run.extractor, _batch(run, idx, epoch, b))
+
+
 def _train_epoch(run: _Run, epoch: int, last: Path) -> dict:
     """One pass over the training set; returns the epoch's record (mean loss, per dimension, seconds)."""
     cfg, method, model, optimizer = run.cfg, run.method, run.model, run.optimizer
@@ -134,7 +143,7 @@ def _train_epoch(run: _Run, epoch: int, last: Path) -> dict:
     for b, idx in enumerate(_batches(n, cfg.batch_size, cfg.seed + epoch)):
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * method.lr_factor(epoch + b / n_batches, cfg.epochs)
-        loss = method.loss(model, run.extractor, _batch(run, idx, epoch, b))
+        loss = _batch_loss(run, idx, epoch, b)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"the loss became {loss.item()} at epoch {epoch + 1}, batch {b + 1}: training diverged. "
@@ -153,13 +162,23 @@ def _train_epoch(run: _Run, epoch: int, last: Path) -> dict:
 
 def _track_best_on_test(run: _Run, record: dict, out: Path) -> None:
     """Evaluate on the test set, add the metrics to ``record``, keep ``best_on_test.pt`` (labelled as such)."""
-    metrics = evaluate_model(run.model, run.extractor, run.cfg, device=run.device, progress=False, nfa=False)
+    if run.test_extractor is None:
+        run.test_extractor = ReplayExtractor(run.extractor)
+    metrics = evaluate_model(run.model, run.test_extractor.rewind(), run.cfg, device=run.device, progress=False,
+                             nfa=False)
     scores = {k: v for k, v in metrics.items() if isinstance(v, float)}
     record.update({f"test_{k}": v for k, v in scores.items()})
     if run.best is None or metrics["pixel_auroc"] > run.best["pixel_auroc"]:
         run.best = dict(epoch=record["epoch"], **scores)
         save_checkpoint(out / "best_on_test.pt", config=run.cfg.to_dict(), model=run.model.state_dict(),
                         epoch=record["epoch"], selected_on="test pixel AUROC (NOT the paper's protocol)")
+
+
+def _checkpoint_due(cfg: TrainConfig, epochs_done: int, seconds_since_save: float) -> bool:
+    """Whether ``last.pt`` is written after epoch ``epochs_done``: every ``checkpoint_every`` epochs, the last
+    epoch, or ``checkpoint_minutes`` after the previous write."""
+    return (epochs_done % cfg.checkpoint_every == 0 or epochs_done >= cfg.epochs
+            or (cfg.checkpoint_minutes is not None and seconds_since_save >= 60 * cfg.checkpoint_minutes))
 
 
 def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
@@ -175,7 +194,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
         log("note: MS-CaiT on a CPU takes ~10 s per image; use a GPU (Colab) or --backbone mobilenetv2")
     run = _start(cfg, progress)
     _resume(run, last, log)
-    t0 = time.monotonic()
+    t0 = t_saved = time.monotonic()
     bar = tqdm(range(run.start_epoch, cfg.epochs), desc=f"train {cfg.category}", disable=not progress,
                initial=run.start_epoch, total=cfg.epochs)
     for epoch in bar:
@@ -184,10 +203,14 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
             _track_best_on_test(run, record, out)
         run.history.append(record)
         bar.set_postfix(loss=f"{record['loss_per_dim']:.4f}/dim")
-        save_checkpoint(last, config=cfg.to_dict(), model=run.model.state_dict(),
-                        optimizer=run.optimizer.state_dict(), epoch=epoch + 1, history=run.history,
-                        best_on_test=run.best)
-        if cfg.max_minutes is not None and time.monotonic() - t0 > 60 * cfg.max_minutes and epoch + 1 < cfg.epochs:
+        stop = (cfg.max_minutes is not None and time.monotonic() - t0 > 60 * cfg.max_minutes
+                and epoch + 1 < cfg.epochs)
+        if _checkpoint_due(cfg, epoch + 1, time.monotonic() - t_saved) or stop:
+            save_checkpoint(last, config=cfg.to_dict(), model=run.model.state_dict(),
+                            optimizer=run.optimizer.state_dict(), epoch=epoch + 1, history=run.history,
+                            best_on_test=run.best)
+            t_saved = time.monotonic()
+        if stop:
             log(f"stopped after epoch {epoch + 1}/{cfg.epochs}: --max-minutes {cfg.max_minutes:g} reached; "
                 f"run the same command again to resume")
             return TrainResult(last, epoch + 1, False, run.history, run.best)

@@ -93,7 +93,10 @@ class FlowMethod:
 
     def architecture(self, cfg: TrainConfig) -> dict:
         """The settings of a resolved ``cfg`` that the model's weights depend on (a resumed run must match them)."""
-        return dict(method=cfg.method, backbone=cfg.backbone, input_size=cfg.input_size, seed=cfg.seed)
+        arch = dict(method=cfg.method, backbone=cfg.backbone, input_size=cfg.input_size, seed=cfg.seed)
+        if cfg.cait_blocks is not None:  # features of a shallower MS-CaiT are other features
+            arch["cait_blocks"] = list(cfg.cait_blocks)
+        return arch
 
     # ----------------------------------------------------------------------------------- model, training
     def out_indices(self, backbone: str) -> tuple[int, ...] | None:
