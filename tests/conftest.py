@@ -65,3 +65,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_sep("!", f"BROWSER TEST SKIPPED: {n} test(s) of tests/{BROWSER_TESTS}: {reason}",
                                    yellow=True, bold=True)
     terminalreporter.stats.setdefault(BROWSER_SKIPPED, []).extend(skipped)
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """A tiny generated category ``texture`` (128 px; 6 train, 2 good and 2 per defect in test), made once."""
+    from uflow_lib.synthetic import make_dataset
+
+    root = tmp_path_factory.mktemp("tiny")
+    make_dataset(root, seed=3, image_size=128, n_train=6, n_test_good=2, n_test_defect=2)
+    return root

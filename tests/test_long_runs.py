@@ -9,22 +9,12 @@ from uflow_lib import training
 from uflow_lib.config import TrainConfig
 from uflow_lib.feature_cache import ReplayExtractor
 from uflow_lib.methods import architecture, build_extractor_for
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    from uflow_lib.synthetic import make_dataset
-
-    root = tmp_path_factory.mktemp("tiny")
-    make_dataset(root, seed=3, image_size=128, n_train=6, n_test_good=2, n_test_defect=2)
-    return root
+from test_training import _cfg as tiny_config
 
 
 def _cfg(root, out, **kw) -> TrainConfig:
-    base = dict(data=str(root), category="texture", out=str(out), backbone="mobilenetv2", pretrained=False,
-                input_size=128, epochs=5, batch_size=4, lr=1e-3, flow_steps=2)
-    base.update(kw)
-    return TrainConfig(**base)
+    """The tiny run of tests/test_training.py, five epochs unless told otherwise."""
+    return tiny_config(root, out, **{"epochs": 5, **kw})
 
 
 def _saved_epochs(monkeypatch) -> list[int]:

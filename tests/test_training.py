@@ -15,15 +15,6 @@ from uflow_lib.methods import resolve, uflow
 from uflow_lib.methods.uflow import CATEGORY_SETTINGS
 
 
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    from uflow_lib.synthetic import make_dataset
-
-    root = tmp_path_factory.mktemp("tiny")
-    make_dataset(root, seed=3, image_size=128, n_train=6, n_test_good=2, n_test_defect=2)
-    return root
-
-
 def _cfg(root, out, **kw) -> TrainConfig:
     base = dict(data=str(root), category="texture", out=str(out), backbone="mobilenetv2", pretrained=False,
                 input_size=128, epochs=3, batch_size=4, lr=1e-3, flow_steps=2)

@@ -107,7 +107,7 @@ def smoke_mvtec_root(seed: int = 0) -> Path:
 
     root = CACHE / f"smoke_mvtec_seed{seed}"
     for name, pattern in SMOKE_CATEGORIES.items():
-        make_dataset(root, seed=seed, category=pattern, name=name, n_train=12, n_test_good=3, n_test_defect=2)
+        make_dataset(root, seed=seed, category=pattern, name=name, n_train=8, n_test_good=2, n_test_defect=1)
     return root
 
 

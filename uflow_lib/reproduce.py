@@ -243,9 +243,11 @@ def _cost(category: str, settings: dict) -> float:
 
 
 def _worker(index: int, categories: list[str], out: str, settings: dict, device: str, progress: bool,
-            log_path: str, messages) -> None:
+            log_path: str, messages, threads: int) -> None:
     """One worker process: its categories in turn, output to ``log_path``; reports to the parent through
-    ``messages`` as ``(kind, worker, category, text)`` with kind ``start``, ``done`` or ``error``."""
+    ``messages`` as ``(kind, worker, category, text)`` with kind ``start``, ``done`` or ``error``. It uses the
+    parent's number of torch threads (reduction order, hence the last bits of every number, depends on it)."""
+    torch.set_num_threads(threads)
     with open(log_path, "a", buffering=1) as f:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -282,7 +284,8 @@ def _run_workers(out: Path, shares: list[list[str]], devices: list[str], setting
     for i, (share, dev) in enumerate(zip(shares, devices)):
         log(f"worker {i} on {dev}: {', '.join(share)} (log: {logs[i]})")
         procs.append(ctx.Process(target=_worker, name=f"reproduce-worker{i}", daemon=True,
-                                 args=(i, share, str(out), settings, dev, progress, str(logs[i]), messages)))
+                                 args=(i, share, str(out), settings, dev, progress, str(logs[i]), messages,
+                                       torch.get_num_threads())))
     current: dict[int, str] = {}
     finished: set[str] = set()
     failures: list[tuple[str, int, str, Path]] = []
