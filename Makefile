@@ -39,7 +39,7 @@ browser:
 
 ## Run every test: the library's tests, the rendered book in a browser, and the chapters (nbval)
 test: env
-	$(BIN)/python -m pytest tests book --nbval --nbval-current-env --nbval-sanitize-with .ci/nbval_sanitize.cfg -q
+	$(BIN)/python -m pytest tests book --nbval --nbval-current-env --nbval-sanitize-with .ci/nbval_sanitize.cfg -q --durations=25
 
 ## Library tests only (fast)
 test-lib: env

@@ -385,13 +385,19 @@ def section_extraction(ctx: Context) -> dict:
                 weights_mib=weights_mib, scales=scales, modes=rows, errors=errors, notes=notes)
 
 
-def section_uflow_training(ctx: Context) -> dict:
-    """(c) U-Flow steps at MS-CaiT shapes on random features: TF32 off/on, features on the GPU or from the CPU."""
-    s = ctx.sizes
+def uflow_with_adam(ctx: Context) -> tuple:
+    """U-Flow's method, its config, a U-Flow at MS-CaiT shapes in training mode, and its Adam (bottle's paper
+    learning rate)."""
     method = get_method("uflow")
     cfg = TrainConfig(data="", category="bottle", out="", backbone="mcait", lr=1.129e-4)
     model = uflow_at_ms_cait_shapes(ctx).train()
-    opt = method.optimizer(cfg, model)
+    return method, cfg, model, method.optimizer(cfg, model)
+
+
+def section_uflow_training(ctx: Context) -> dict:
+    """(c) U-Flow steps at MS-CaiT shapes on random features: TF32 off/on, features on the GPU or from the CPU."""
+    s = ctx.sizes
+    method, _, model, opt = uflow_with_adam(ctx)
     n = s.train_batch * s.train_batches
     cpu = random_features(n, s.flow_channels, torch.Generator().manual_seed(0))
     pinned = [f.pin_memory() for f in cpu] if ctx.cuda else cpu
@@ -462,10 +468,7 @@ def _fs_type(path: Path) -> str:
 def section_checkpoint(ctx: Context) -> dict:
     """(d) ``save_checkpoint`` of a U-Flow at MS-CaiT shapes with its Adam state, as each epoch's ``last.pt``."""
     s = ctx.sizes
-    method = get_method("uflow")
-    cfg = TrainConfig(data="", category="bottle", out="", backbone="mcait", lr=1.129e-4)
-    model = uflow_at_ms_cait_shapes(ctx).train()
-    opt = method.optimizer(cfg, model)
+    method, cfg, model, opt = uflow_with_adam(ctx)
     feats = [f.to(ctx.device) for f in random_features(2, s.flow_channels, torch.Generator().manual_seed(0))]
     loss = method.loss(model, None, {"features": feats})
     loss.backward()

@@ -66,14 +66,16 @@ def load_toc(repo: Path) -> tuple[str, list[str]]:
 
 
 def expected_colab_url(chapter: str, repo: Path) -> str:
-    """Colab address of ``chapter`` (e.g. ``book/01_feature_extraction``) on ``main``, from ``_config.yml``."""
+    """Colab address of ``chapter`` (e.g. ``book/01_feature_extraction``) on the configured branch (the release
+    tag, see uflow_lib/publication.py; ``main`` when none is set), from ``_config.yml``."""
     config = yaml.safe_load((repo / "_config.yml").read_text())
     url = str(config["repository"]["url"]).rstrip("/")
     match = re.fullmatch(r"https://github\.com/([^/]+)/([^/]+?)(\.git)?", url)
     assert match, f"_config.yml repository.url is {url!r}, expected https://github.com/<org>/<repo>"
     book_path = str(config["repository"].get("path_to_book") or "").strip("/")
     path = f"{book_path}/{chapter}" if book_path else chapter
-    return f"{COLAB}/{match[1]}/{match[2]}/blob/main/{path}.ipynb"
+    branch = str(config["repository"].get("branch") or "main")
+    return f"{COLAB}/{match[1]}/{match[2]}/blob/{branch}/{path}.ipynb"
 
 
 

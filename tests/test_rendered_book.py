@@ -151,7 +151,7 @@ def test_intro_links_every_chapter(book_site: Site, tab: Tab) -> None:
 def test_colab_url_comes_from_config() -> None:
     """Golden value: the address that the chapter pages are compared against."""
     assert expected_colab_url("book/01_feature_extraction", REPO) == (
-        "https://colab.research.google.com/github/uflow-book/uflow-book/blob/main/book/01_feature_extraction.ipynb")
+        "https://colab.research.google.com/github/uflow-book/uflow-book/blob/v0.1.0/book/01_feature_extraction.ipynb")
 
 
 # ----------------------------------------------------------------------------------------------- the checks bite
