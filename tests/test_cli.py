@@ -37,7 +37,18 @@ SHARED = {
     "--url": {"download", "reproduce"},
     "--copy-to-local": {"download", "reproduce"},
     "--no-copy-to-local": {"download", "reproduce"},
+    "--layout": {"train", "evaluate", "reproduce"},
+    "--normal-dir": {"train", "evaluate", "reproduce"},
+    "--abnormal-dir": {"train", "evaluate", "reproduce"},
+    "--mask-dir": {"train", "evaluate", "reproduce"},
+    "--normal-test-dir": {"train", "evaluate", "reproduce"},
+    "--normal-split": {"train", "evaluate", "reproduce"},
+    "--split-seed": {"train", "evaluate", "reproduce"},
 }
+
+#: The parse result of the data-layout options when none is given (train, evaluate, reproduce).
+NO_LAYOUT = dict(layout=None, normal_dir=None, abnormal_dir=None, mask_dir=None, normal_test_dir=None,
+                 normal_split=None, split_seed=None)
 
 #: Options whose meaning deliberately differs between subcommands: the groups that share one definition.
 DELIBERATELY_DIFFERENT = {
@@ -165,7 +176,7 @@ PARSES = [
      dict(command="train", data="D", category="bottle", out="O", method="uflow", backbone="mcait", weights=None,
           random_weights=False, epochs=None, batch_size=None, lr=None, input_size=None, flow_steps=4,
           variance_size=128, norm=None, max_minutes=None, eval_every=0, cache_dir=None, checkpoint_every=1, checkpoint_minutes=None, seed=0, device="auto",
-          no_progress=False)),
+          no_progress=False, **NO_LAYOUT)),
     (["train", "--method", "sanflow", "--data", "D", "--category", "texture", "--backbone", "mobilenetv2",
       "--weights", "W.pth", "--random-weights", "--epochs", "3", "--batch-size", "4", "--lr", "1e-3",
       "--input-size", "128", "--flow-steps", "2", "--variance-size", "0", "--norm", "layernorm",
@@ -174,15 +185,28 @@ PARSES = [
      dict(command="train", data="D", category="texture", out="O", method="sanflow", backbone="mobilenetv2",
           weights="W.pth", random_weights=True, epochs=3, batch_size=4, lr=1e-3, input_size=128, flow_steps=2,
           variance_size=0, norm="layernorm", max_minutes=1.5, eval_every=1, cache_dir="C", checkpoint_every=1, checkpoint_minutes=None, seed=7, device="cpu",
-          no_progress=True)),
+          no_progress=True, **NO_LAYOUT)),
+    (["train", "--normal-dir", "N", "--abnormal-dir", "A", "--mask-dir", "M", "--normal-split", "0.25",
+      "--split-seed", "3", "--layout", "folder", "--out", "O"],
+     dict(command="train", data=None, category=None, out="O", method="uflow", backbone="mcait", weights=None,
+          random_weights=False, epochs=None, batch_size=None, lr=None, input_size=None, flow_steps=4,
+          variance_size=128, norm=None, max_minutes=None, eval_every=0, cache_dir=None, checkpoint_every=1,
+          checkpoint_minutes=None, seed=0, device="auto", no_progress=False, layout="folder", normal_dir="N",
+          abnormal_dir="A", mask_dir="M", normal_test_dir=None, normal_split=0.25, split_seed=3)),
     (["evaluate", "--checkpoint", "r/last.pt"],
      dict(command="evaluate", checkpoint="r/last.pt", method=None, data=None, category=None, weights=None,
-          nfa_bound="valid", nfa_scales=None, no_nfa=False, device="auto", json=False, no_progress=False)),
+          nfa_bound="valid", nfa_scales=None, no_nfa=False, device="auto", json=False, no_progress=False,
+          **NO_LAYOUT)),
     (["evaluate", "--checkpoint", "r/last.pt", "--method", "msflow", "--data", "D", "--category", "bottle",
       "--weights", "W", "--nfa-bound", "paper", "--nfa-scales", "0", "2", "--no-nfa", "--device", "cuda:1",
       "--json", "--no-progress"],
      dict(command="evaluate", checkpoint="r/last.pt", method="msflow", data="D", category="bottle", weights="W",
-          nfa_bound="paper", nfa_scales=[0, 2], no_nfa=True, device="cuda:1", json=True, no_progress=True)),
+          nfa_bound="paper", nfa_scales=[0, 2], no_nfa=True, device="cuda:1", json=True, no_progress=True,
+          **NO_LAYOUT)),
+    (["evaluate", "--checkpoint", "r/last.pt", "--layout", "btad", "--data", "B"],
+     dict(command="evaluate", checkpoint="r/last.pt", method=None, data="B", category=None, weights=None,
+          nfa_bound="valid", nfa_scales=None, no_nfa=False, device="auto", json=False, no_progress=False,
+          **(NO_LAYOUT | dict(layout="btad")))),
     (["predict", "--checkpoint", "c.pt", "--input", "img.png", "--out", "P", "--nfa-scales", "1"],
      dict(command="predict", checkpoint="c.pt", method=None, input="img.png", out="P", weights=None,
           nfa_scales=[1], device="auto")),
@@ -190,7 +214,7 @@ PARSES = [
     (["reproduce", "--data", "D", "--out", "R"],
      dict(command="reproduce", data="D", out="R", categories=None, method="uflow", backbone="mcait", weights=None,
           random_weights=False, epochs=None, max_minutes=None, eval_every=0, cache_dir=None, checkpoint_every=1, checkpoint_minutes=None, download=False,
-          archive=None, url=None, copy_to_local=None, device="auto", no_progress=False, workers=1)),
+          archive=None, url=None, copy_to_local=None, device="auto", no_progress=False, workers=1, **NO_LAYOUT)),
     (["reproduce", "--data", "D", "--out", "R", "--categories", "bottle", "wood", "--method", "msflow",
       "--backbone", "resnet18", "--random-weights", "--epochs", "2", "--max-minutes", "30", "--eval-every", "5",
       "--cache-dir", "C", "--archive", "a.tar.xz", "--download", "--device", "cpu", "--no-progress",
@@ -199,7 +223,7 @@ PARSES = [
      dict(command="reproduce", data="D", out="R", categories=["bottle", "wood"], method="msflow",
           backbone="resnet18", weights=None, random_weights=True, epochs=2, max_minutes=30.0, eval_every=5,
           cache_dir="C", checkpoint_every=10, checkpoint_minutes=5.0, download=True, archive="a.tar.xz", url="http://h/a.tar.xz", copy_to_local=False,
-          device="cpu", no_progress=True, workers=2)),
+          device="cpu", no_progress=True, workers=2, **NO_LAYOUT)),
     (["download", "--data", "D"],
      dict(command="download", data="D", categories=None, archive=None, url=None, copy_to_local=None)),
     (["download", "--data", "D", "--categories", "bottle", "--archive", "/content/drive/a.tar.xz", "--url", "U",
@@ -240,7 +264,7 @@ def test_epilog_examples_parse_and_render_one_per_line():
     assert max(map(len, lines)) <= 120
     commands = EPILOG.replace("\\\n", " ").splitlines()
     examples = [c.strip() for c in commands if c.strip().startswith("python -m uflow_lib ")]
-    assert len(examples) == 8
+    assert len(examples) == 10
     for example in examples:
         argv = shlex.split(example)[3:]
         args = build_parser().parse_args(argv)

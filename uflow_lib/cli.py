@@ -2,7 +2,8 @@
 details.
 
 ``train`` and ``reproduce`` take ``--method uflow|msflow|sanflow``; ``evaluate`` and ``predict`` read the method
-from the checkpoint (``--method`` there only checks it).
+from the checkpoint (``--method`` there only checks it). ``train``, ``evaluate`` and ``reproduce`` read MVTec AD,
+BTAD or a folder of normal and abnormal images (``--layout``, :mod:`uflow_lib.layouts`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from .config import DEFAULT_INPUT_SIZE, TrainConfig
+from .config import DEFAULT_INPUT_SIZE, LAYOUTS, TrainConfig
 from .download import URL_ENV, DownloadError
 from .methods import METHODS
 
@@ -26,6 +27,11 @@ examples:
       --weights ../shared/weights/mobilenetv2_100_imagenet_from_tflite.pth --epochs 30 --lr 1e-3 --out runs/texture
   python -m uflow_lib evaluate --checkpoint runs/texture/last.pt --json
   python -m uflow_lib predict --checkpoint runs/texture/last.pt --input some/image.png --out predictions/
+
+  # your own images: BTAD's layout (<data>/<product>/train/ok, test/ok, test/ko), or two folders
+  python -m uflow_lib train --data btad --category 01 --backbone mobilenetv2 --epochs 30 --out runs/btad01
+  python -m uflow_lib train --normal-dir photos/ok --abnormal-dir photos/defect --normal-split 0.2 \\
+      --backbone mobilenetv2 --epochs 30 --out runs/photos
 
   # the same data with MSFlow or SANFlow (book chapter 7; CNN backbones only)
   python -m uflow_lib train --method msflow --data data/generated --category texture --backbone mobilenetv2 \\
@@ -130,8 +136,9 @@ def _training_run_parent() -> argparse.ArgumentParser:
                         "per category); running the same command again resumes")
     p.add_argument("--eval-every", type=int, default=0,
                    help="evaluate on the test set every N epochs and keep best_on_test.pt, the epoch of highest "
-                        "test pixel AUROC (NOT the paper's last-epoch protocol; reproduce reports it in separate "
-                        "columns); default 0 = never")
+                        "test pixel AUROC, or image AUROC without masks (NOT the paper's last-epoch protocol; "
+                        "reproduce reports it in separate columns); the test set is opened before the first epoch; "
+                        "default 0 = never")
     p.add_argument("--cache-dir",
                    help="folder to cache the training images' backbone features between runs (unused by sanflow, "
                         "which augments the images at every step)")
@@ -142,6 +149,38 @@ def _training_run_parent() -> argparse.ArgumentParser:
                    help="also write last.pt when M minutes have passed since the last write (default: only every N "
                         "epochs)")
     return p
+
+
+def _layout_parent() -> argparse.ArgumentParser:
+    """The data's layout and the folder layout's options: train, evaluate, reproduce (uflow_lib.layouts)."""
+    p = _parent()
+    p.add_argument("--layout", choices=LAYOUTS,
+                   help="mvtec (<data>/<category>/train/good, test/<good|defect>, optional ground_truth/<defect>/"
+                        "<stem>_mask.png), btad (<data>/<product>/train/ok, test/ok, test/ko, optional ground_truth/"
+                        "ko/<stem>.png|.bmp) or folder (--normal-dir, --abnormal-dir, ...). Default: folder when "
+                        "--normal-dir (or another folder option) is given, else detected from <data>/<category> "
+                        "(train/good: mvtec; train/ok with test/ko: btad); evaluate: the checkpoint's")
+    p.add_argument("--normal-dir",
+                   help="folder layout: the normal images (training, and the held-out part of --normal-split for "
+                        "testing); the run is named after this folder unless --category/--categories names it")
+    p.add_argument("--abnormal-dir", help="folder layout: the anomalous test images")
+    p.add_argument("--mask-dir",
+                   help="folder layout: masks of the anomalous images, <stem>.<ext> or <stem>_mask.<ext> for image "
+                        "<stem>.<ext> (default: none, image AUROC only; pixel metrics n/a)")
+    p.add_argument("--normal-test-dir", help="folder layout: the normal test images (or --normal-split)")
+    p.add_argument("--normal-split", type=float, metavar="FRACTION",
+                   help="folder layout: hold out this fraction of --normal-dir as normal test images, e.g. 0.2 "
+                        "(seeded by --split-seed; no image is in both parts)")
+    p.add_argument("--split-seed", type=int,
+                   help="folder layout: seed of the --normal-split hold-out (default 0; evaluate: the checkpoint's)")
+    return p
+
+
+def _layout_options(a) -> dict:
+    """The data options of ``train``/``reproduce``, as TrainConfig fields."""
+    return dict(layout=a.layout or "auto", normal_dir=a.normal_dir, abnormal_dir=a.abnormal_dir, mask_dir=a.mask_dir,
+                normal_test_dir=a.normal_test_dir, normal_split=a.normal_split,
+                split_seed=0 if a.split_seed is None else a.split_seed)
 
 
 def _mvtec_parent() -> argparse.ArgumentParser:
@@ -164,14 +203,19 @@ def _mvtec_parent() -> argparse.ArgumentParser:
 
 def _add_train(sub) -> None:
     head = _parent()
-    head.add_argument("--data", required=True, help="MVTec-layout root folder (contains <category>/train/good)")
-    head.add_argument("--category", required=True, help="category folder name, e.g. bottle")
+    head.add_argument("--data",
+                      help="dataset root folder (contains <category>/train/good, or <category>/train/ok for btad); "
+                           "not with --layout folder")
+    head.add_argument("--category",
+                      help="category folder name, e.g. bottle (folder layout: the run's name, default the normal "
+                           "folder's name)")
     head.add_argument("--out", required=True, help="output folder for last.pt (and best_on_test.pt)")
     p = sub.add_parser(
-        "train", parents=[head, _method_select_parent(), _training_run_parent(), _weights_parent(), _device_parent(),
-                          _progress_parent()],
+        "train", parents=[head, _layout_parent(), _method_select_parent(), _training_run_parent(), _weights_parent(),
+                          _device_parent(), _progress_parent()],
         help="train U-Flow (or MSFlow, SANFlow) on the normal images of one category (resumable)",
-        description="Train U-Flow (or --method msflow/sanflow) on <data>/<category>/train/good. Writes "
+        description="Train U-Flow (or --method msflow/sanflow) on <data>/<category>/train/good (or the normal "
+        "images of another --layout). Writes "
         "<out>/last.pt after every epoch (see --checkpoint-every); running the same command again resumes from it. "
         "Unset epochs/batch "
         f"size/lr come from {_SETTINGS_SOURCE}.",
@@ -193,12 +237,16 @@ def _add_train(sub) -> None:
 
 
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", parents=[_checkpoint_parent(), _method_check_parent(), _weights_parent(),
-                                            _nfa_scales_parent(), _device_parent(), _progress_parent()],
+    p = sub.add_parser("evaluate", parents=[_checkpoint_parent(), _method_check_parent(), _layout_parent(),
+                                            _weights_parent(), _nfa_scales_parent(), _device_parent(),
+                                            _progress_parent()],
                        help="metrics of a checkpoint on the test split",
                        description="Evaluate a checkpoint at 256×256: pixel/image AUROC, AUPRO, mIoU of the "
-                                   "automatic NFA threshold and of the oracle threshold, mean z² of normal images.")
-    p.add_argument("--data", help="MVTec-layout root (default: the one used for training)")
+                                   "automatic NFA threshold and of the oracle threshold, mean z² of normal images. "
+                                   "A test set without ground-truth masks gives image AUROC only (pixel metrics "
+                                   "n/a). --data or folder options replace the checkpoint's data as a whole.")
+    p.add_argument("--data", help="dataset root (default: the one used for training; the layout is detected again "
+                                  "unless --layout is given)")
     p.add_argument("--category", help="category (default: the one used for training)")
     p.add_argument("--nfa-bound", default="valid", choices=["valid", "paper"],
                    help="Chernoff bound form for the tree NFA: valid (clamped at the χ² mean; the default) or "
@@ -244,10 +292,12 @@ def _add_download(sub) -> None:
 
 def _add_reproduce(sub) -> None:
     head = _parent()
-    head.add_argument("--data", required=True, help="MVTec AD root (with --download: where to unpack it)")
+    head.add_argument("--data",
+                      help="MVTec AD root (with --download: where to unpack it), or a BTAD-layout root with "
+                           "--categories 01 02 03; not with --layout folder")
     head.add_argument("--out", required=True, help="output folder (one subfolder per category + the tables)")
-    p = sub.add_parser("reproduce", parents=[head, _method_select_parent(), _training_run_parent(), _weights_parent(),
-                                             _device_parent(), _progress_parent(), _mvtec_parent()],
+    p = sub.add_parser("reproduce", parents=[head, _layout_parent(), _method_select_parent(), _training_run_parent(),
+                                             _weights_parent(), _device_parent(), _progress_parent(), _mvtec_parent()],
                        help="train + evaluate many categories and write the paper's table",
                        description="Train each category (resumable), evaluate its last epoch and write "
                                    "<out>/results.md and results.csv beside the paper's numbers (U-Flow's on MVTec "
@@ -290,7 +340,7 @@ def _train(a) -> int:
         pretrained=not a.random_weights, input_size=a.input_size, epochs=a.epochs, batch_size=a.batch_size,
         lr=a.lr, flow_steps=a.flow_steps, norm=a.norm, seed=a.seed, max_minutes=a.max_minutes,
         eval_every=a.eval_every, cache_dir=a.cache_dir, device=a.device, checkpoint_every=a.checkpoint_every,
-        checkpoint_minutes=a.checkpoint_minutes,
+        checkpoint_minutes=a.checkpoint_minutes, **_layout_options(a),
     )
     res = train(cfg, progress=not a.no_progress)
     state = "finished" if res.finished else "stopped early (run again to resume)"
@@ -309,17 +359,25 @@ def _check_method(checkpoint: str, method: str | None) -> None:
         raise ValueError(f"{checkpoint} holds a {saved} model, not {method}; drop --method or pass --method {saved}")
 
 
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def _evaluate(a) -> int:
-    from .evaluation import evaluate_checkpoint
+    from .evaluation import NO_MASKS, evaluate_checkpoint
 
     _check_method(a.checkpoint, a.method)
     res = evaluate_checkpoint(a.checkpoint, a.data, a.category, a.device, a.weights, progress=not a.no_progress,
-                              nfa=not a.no_nfa, nfa_bound=a.nfa_bound, nfa_scales=a.nfa_scales)
+                              layout=a.layout, normal_dir=a.normal_dir, abnormal_dir=a.abnormal_dir,
+                              mask_dir=a.mask_dir, normal_test_dir=a.normal_test_dir, normal_split=a.normal_split,
+                              split_seed=a.split_seed, log=_to_stderr, nfa=not a.no_nfa, nfa_bound=a.nfa_bound,
+                              nfa_scales=a.nfa_scales)
     if a.json:
-        print(json.dumps(res))
+        print(json.dumps(res))  # metrics that need masks are null without them
     else:
         for k, v in res.items():
-            print(f"{k:>24}  {v:.4f}" if isinstance(v, float) else f"{k:>24}  {v}")
+            shown = NO_MASKS if v is None else (f"{v:.4f}" if isinstance(v, float) else v)
+            print(f"{k:>24}  {shown}")
     return 0
 
 
@@ -357,7 +415,11 @@ def _reproduce(a) -> int:
     from .data import MVTEC_CATEGORIES
     from .reproduce import WorkerError, reproduce, worker_devices
 
-    categories = a.categories or list(MVTEC_CATEGORIES)
+    folder = a.normal_dir is not None
+    if a.data is None and not folder:
+        raise ValueError("reproduce needs --data (a dataset root), or --normal-dir/--abnormal-dir for a folder of "
+                         "images (--layout folder)")
+    categories = a.categories or ([Path(a.normal_dir).name] if folder else list(MVTEC_CATEGORIES))
     worker_devices(a.workers, len(categories), a.device)  # a wrong --workers fails before any download
     if a.download or a.archive or a.url:
         _fetch_mvtec(a, categories)
@@ -365,7 +427,8 @@ def _reproduce(a) -> int:
         reproduce(a.data, a.out, categories, method=a.method, backbone=a.backbone, weights=a.weights,
                   pretrained=not a.random_weights, epochs=a.epochs, max_minutes=a.max_minutes,
                   eval_every=a.eval_every, cache_dir=a.cache_dir, device=a.device, progress=not a.no_progress,
-                  workers=a.workers, checkpoint_every=a.checkpoint_every, checkpoint_minutes=a.checkpoint_minutes)
+                  workers=a.workers, checkpoint_every=a.checkpoint_every, checkpoint_minutes=a.checkpoint_minutes,
+                  **_layout_options(a))
     except WorkerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -9,18 +9,32 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-__all__ = ["TrainConfig", "DEFAULT_INPUT_SIZE"]
+__all__ = ["TrainConfig", "DEFAULT_INPUT_SIZE", "LAYOUTS", "FOLDER_OPTIONS"]
 
 #: Input size per backbone: MS-CaiT needs 448 (fixed position embeddings); CNNs run at 256 as in the paper.
 DEFAULT_INPUT_SIZE = {"mcait": 448, "resnet18": 256, "wide_resnet50_2": 256, "mobilenetv2": 256}
 
+#: Dataset layouts (uflow_lib.layouts): MVTec AD, BTAD, a folder of normal and abnormal images.
+LAYOUTS: tuple[str, ...] = ("mvtec", "btad", "folder")
+
+#: The fields of the folder layout (``--normal-dir`` ...), all None or default outside it.
+FOLDER_OPTIONS: tuple[str, ...] = ("normal_dir", "abnormal_dir", "mask_dir", "normal_test_dir", "normal_split",
+                                   "split_seed")
+
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run. ``None`` fields are filled by :func:`uflow_lib.methods.resolve`."""
+    """Everything that defines a training run. ``None`` fields are filled by :func:`uflow_lib.methods.resolve`.
 
-    data: str
-    category: str
+    The data: ``data``/``category`` (a root and its category folder) in the ``mvtec`` or ``btad`` layout, or the
+    folder options (``normal_dir`` ...) in the ``folder`` layout, where ``data`` is None and ``category`` names
+    the run (default: the normal folder's name). :func:`uflow_lib.layouts.resolve_layout` decides ``"auto"``.
+    """
+
+    #: dataset root holding the category folders (None in the folder layout)
+    data: str | None
+    #: category (product) folder under ``data``; folder layout: the run's name (None: the normal folder's name)
+    category: str | None
     out: str
     #: "uflow" (the paper), "msflow" or "sanflow" (book chapter 7); see uflow_lib.methods.METHODS
     method: str = "uflow"
@@ -60,15 +74,36 @@ class TrainConfig:
     recompute_features: bool = False
     device: str = "auto"
     num_workers: int = 0
+    #: "auto" (detected from the folders), or one of LAYOUTS; training saves the decided one. Checkpoints from
+    #: before layouts existed hold "mvtec" (TrainConfig.from_dict)
+    layout: str = "auto"
+    #: folder layout: the normal images (training, and the held-out part of normal_split for testing)
+    normal_dir: str | None = None
+    #: folder layout: the anomalous test images
+    abnormal_dir: str | None = None
+    #: folder layout: masks of the anomalous images, <stem>.<ext> or <stem>_mask.<ext> (None: image labels only)
+    mask_dir: str | None = None
+    #: folder layout: the normal test images (or normal_split)
+    normal_test_dir: str | None = None
+    #: folder layout: fraction of normal_dir held out as normal test images (or normal_test_dir)
+    normal_split: float | None = None
+    #: folder layout: seed of the normal_split hold-out (independent of ``seed``, so seeds share a test set)
+    split_seed: int = 0
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # paths are stored as strings: checkpoints load with weights_only=True, which refuses pathlib objects
-        for name in ("data", "out", "weights", "cache_dir"):
+        for name in ("data", "out", "weights", "cache_dir", "normal_dir", "abnormal_dir", "mask_dir",
+                     "normal_test_dir"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 setattr(self, name, str(value))
 
+        if self.layout not in ("auto", *LAYOUTS):
+            raise ValueError(f"layout={self.layout!r}: expected 'auto' or one of {LAYOUTS}")
+        if self.normal_split is not None and not 0.0 < self.normal_split < 1.0:
+            raise ValueError(f"normal_split={self.normal_split!r}: expected a fraction strictly between 0 and 1, "
+                             "e.g. 0.2")
         if self.cait_blocks is not None:
             self.cait_blocks = [int(b) for b in self.cait_blocks]
             if len(self.cait_blocks) != 2 or min(self.cait_blocks) < 1:
@@ -85,6 +120,6 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         """The config a checkpoint saved. Checkpoints from before MSFlow and SANFlow joined carry no ``method``:
-        they hold U-Flow models."""
+        they hold U-Flow models; those from before layouts carry no ``layout``: their data is in MVTec's."""
         names = {f.name for f in fields(cls)}
-        return cls(**{"method": "uflow", **{k: v for k, v in d.items() if k in names}})
+        return cls(**{"method": "uflow", "layout": "mvtec", **{k: v for k, v in d.items() if k in names}})

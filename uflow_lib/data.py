@@ -15,6 +15,12 @@ evaluation resolution and binarised at 0.5.
 The mask of ``test/<defect>/<stem>.png`` is found from the path's parts, as
 ``<category>/ground_truth/<defect>/<stem>_mask.png``; it is never made by replacing the text "test" in the
 path, which breaks for roots such as ``/home/me/test_data``.
+
+A category without ``ground_truth/`` is read with image labels only: ``has_masks`` is False, and metrics that
+need masks are reported as unavailable (:mod:`uflow_lib.evaluation`). A ``ground_truth/`` folder that holds some
+defect types' masks but not others' is an error naming the defect types without masks (pixel metrics computed
+on part of the defects would be wrong without saying so). Other layouts (BTAD, a folder of normal and abnormal
+images) are in :mod:`uflow_lib.layouts`; every dataset here and there is an :class:`AnomalyDataset`.
 """
 
 from __future__ import annotations
@@ -126,7 +132,136 @@ def _images_in(folder: Path) -> list[Path]:
                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-class MVTecDataset(torch.utils.data.Dataset):
+def images_in(folder: str | Path, what: str = "image folder") -> list[Path]:
+    """The sorted image files of ``folder`` (hidden files and other endings skipped); raises if there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what} {folder} does not exist; check the path.")
+    images = _images_in(folder)
+    if not images:
+        raise ValueError(f"{folder} contains no images (looked for {', '.join(IMAGE_EXTENSIONS)}); "
+                         "point to a folder of images or remove the empty folder.")
+    return images
+
+
+def find_mask(folder: Path, stem: str, suffixes: tuple[str, ...] = ("",),
+              extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> Path | None:
+    """The one file ``folder/<stem><suffix><ext>`` for the given suffixes and extensions, or None if there is none.
+
+    Raises ValueError when several files match (e.g. ``001.png`` and ``001.bmp``): which one is the mask is then
+    a guess.
+    """
+    names = {f"{stem}{suffix}{ext}".lower() for suffix in suffixes for ext in extensions}
+    found = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower() in names) if folder.is_dir() else []
+    if len(found) > 1:
+        raise ValueError(f"several masks for image {stem!r} in {folder}: {[p.name for p in found]}; keep one.")
+    return found[0] if found else None
+
+
+def check_mask_folders(gt: Path, defects: list[str]) -> bool:
+    """Whether the defect types ``defects`` have masks under ``gt`` (one ``gt/<defect>`` folder each).
+
+    True when every defect type has its folder, False when none has (image labels only, pixel metrics n/a);
+    a mix raises ValueError naming the defect types without masks.
+    """
+    without = [d for d in defects if not (gt / d).is_dir()]
+    if not without:
+        return True
+    if len(without) == len(defects):
+        return False
+    raise ValueError(f"{gt} has masks for {sorted(set(defects) - set(without))} but not for {without}; pixel "
+                     f"metrics need every defect image's mask: add {gt}/<defect>/ for {without}, or delete {gt} "
+                     "to evaluate with image labels only.")
+
+
+def missing_category_error(root: Path, category: str) -> FileNotFoundError:
+    """The error for ``root/category`` not existing, listing the categories found under ``root``."""
+    if not root.is_dir():
+        return FileNotFoundError(
+            f"dataset root {root} does not exist; pass the folder that contains the category folders "
+            "(e.g. '.../mvtec_ad' with 'bottle/' inside), or create it with "
+            "uflow_lib.download.download_mvtec or uflow_lib.synthetic.make_dataset.")
+    found = sorted(p.name for p in root.iterdir() if (p / "train").is_dir() or (p / "test").is_dir())
+    return FileNotFoundError(
+        f"category {category!r} not found: {root / category} does not exist. Categories found under "
+        f"{root}: {found or 'none'}; pick one of them or fix the root.")
+
+
+class AnomalyDataset(torch.utils.data.Dataset):
+    """Images with labels and, where known, masks: the item format every layout shares.
+
+    Subclasses (:class:`MVTecDataset`, :class:`uflow_lib.layouts.BTADDataset`,
+    :class:`uflow_lib.layouts.FolderDataset`) fill the lists with :meth:`_add`.
+
+    Attributes
+    ----------
+    paths : list of Path
+        Image files, in a deterministic order.
+    labels : list of int
+        0 for a normal image, 1 for an anomalous one, one per path.
+    defects : list of str
+        The name of each image's class (its folder in MVTec AD and BTAD), one per path.
+    mask_paths : list of Path or None
+        The ground-truth file of each anomalous image; None for normal ones (their mask is all zero) and for
+        every image when ``has_masks`` is False.
+    has_masks : bool
+        Whether every item's mask is known. False: the anomalous images have no masks, their ``mask`` items are
+        zeros that mean nothing, and pixel metrics cannot be computed (image labels only).
+    no_masks_reason : str
+        Why there are no masks ("" when ``has_masks``), e.g. "no folder .../ground_truth".
+    """
+
+    layout: str = ""
+
+    def __init__(self, input_size: int, mask_size: int) -> None:
+        self.input_size = _check_size("input_size", input_size)
+        self.mask_size = _check_size("mask_size", mask_size)
+        self.paths: list[Path] = []
+        self.labels: list[int] = []
+        self.defects: list[str] = []
+        self.mask_paths: list[Path | None] = []
+        self.has_masks = True
+        self.no_masks_reason = ""
+
+    def _add(self, path: Path, label: int, defect: str, mask_path: Path | None = None) -> None:
+        self.paths.append(path)
+        self.labels.append(label)
+        self.defects.append(defect)
+        self.mask_paths.append(mask_path)
+
+    def _without_masks(self, reason: str) -> None:
+        self.has_masks, self.no_masks_reason = False, reason
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """Item ``index`` as a dict.
+
+        Returns
+        -------
+        dict
+            ``image`` (3, input_size, input_size) float32 RGB in [0, 1]; ``mask`` (1, mask_size, mask_size)
+            float32 in {0, 1} (zeros when the image has no mask: see ``has_masks``); ``label`` int (0 normal,
+            1 anomalous); ``path`` str; ``defect`` str.
+        """
+        path, mask_path = self.paths[index], self.mask_paths[index]
+        im = _open(path, "image")
+        image = _image_to_tensor(im, self.input_size)
+        if mask_path is None:
+            mask = torch.zeros(1, self.mask_size, self.mask_size)
+        else:
+            mask_im = _open(mask_path, "mask")
+            if mask_im.size != im.size:
+                raise ValueError(f"mask {mask_path} is {mask_im.size[0]}x{mask_im.size[1]} but its image {path} "
+                                 f"is {im.size[0]}x{im.size[1]} (width x height); a mask must have its image's "
+                                 "size: restore the original files.")
+            mask = _mask_to_tensor(mask_im, self.mask_size)
+        return {"image": image, "mask": mask, "label": self.labels[index], "path": str(path),
+                "defect": self.defects[index]}
+
+
+class MVTecDataset(AnomalyDataset):
     """One category and split of a dataset in the MVTec AD layout.
 
     Parameters
@@ -144,39 +279,28 @@ class MVTecDataset(torch.utils.data.Dataset):
 
     Attributes
     ----------
-    paths : list of Path
-        Image files, sorted by folder then file name (a deterministic order).
-    labels : list of int
-        0 for ``good``, 1 otherwise, one per path.
-    defects : list of str
-        The subfolder name (``"good"`` or the defect type), one per path.
-    mask_paths : list of Path or None
-        The ground-truth file of each defective image, None for good ones.
+    paths, labels, defects, mask_paths, has_masks, no_masks_reason
+        As :class:`AnomalyDataset`; paths are sorted by folder then file name, ``defects`` holds the subfolder
+        name (``"good"`` or the defect type). Without ``<category>/ground_truth`` ``has_masks`` is False.
 
     Notes
     -----
-    Missing folders, empty folders and missing mask files raise when the dataset is built; a corrupt image
-    or a mask whose size differs from its image's raises when that item is read (naming the file).
+    Missing folders, empty folders, missing mask files and a ground-truth folder with masks for only some defect
+    types raise when the dataset is built; a corrupt image or a mask whose size differs from its image's raises
+    when that item is read (naming the file).
     """
+
+    layout = "mvtec"
 
     def __init__(self, root: str | Path, category: str, split: str, input_size: int = 256,
                  mask_size: int = 256) -> None:
         if split not in _SPLITS:
             raise ValueError(f"split={split!r} is not an MVTec split; use 'train' or 'test'.")
-        self.input_size = _check_size("input_size", input_size)
-        self.mask_size = _check_size("mask_size", mask_size)
+        super().__init__(input_size, mask_size)
         self.root, self.category, self.split = Path(root), str(category), split
-        if not self.root.is_dir():
-            raise FileNotFoundError(
-                f"dataset root {self.root} does not exist; pass the folder that contains the category folders "
-                "(e.g. '.../mvtec_ad' with 'bottle/' inside), or create it with "
-                "uflow_lib.download.download_mvtec or uflow_lib.synthetic.make_dataset.")
         folder = self.root / self.category
         if not folder.is_dir():
-            found = sorted(p.name for p in self.root.iterdir() if (p / "train").is_dir() or (p / "test").is_dir())
-            raise FileNotFoundError(
-                f"category {self.category!r} not found: {folder} does not exist. Categories found under "
-                f"{self.root}: {found or 'none'}; pick one of them or fix the root.")
+            raise missing_category_error(self.root, self.category)
         split_dir = folder / split
         if not split_dir.is_dir():
             raise FileNotFoundError(f"split folder {split_dir} does not exist; expected the MVTec layout "
@@ -185,11 +309,9 @@ class MVTecDataset(torch.utils.data.Dataset):
         if not classes:
             raise ValueError(f"{split_dir} has no class subfolders; expected {split_dir}/good/*.png "
                              "(and, for test, one folder per defect type).")
-
-        self.paths: list[Path] = []
-        self.labels: list[int] = []
-        self.defects: list[str] = []
-        self.mask_paths: list[Path | None] = []
+        gt = folder / "ground_truth"
+        if not check_mask_folders(gt, [c.name for c in classes if c.name != "good"]):
+            self._without_masks(f"{gt} does not exist" if not gt.is_dir() else f"{gt} has no defect folders")
         for cls in classes:
             images = _images_in(cls)
             if not images:
@@ -197,43 +319,13 @@ class MVTecDataset(torch.utils.data.Dataset):
                                  "re-extract the category or remove the empty folder.")
             for path in images:
                 mask_path = None
-                if cls.name != "good":
+                if cls.name != "good" and self.has_masks:
                     # <category>/test/<defect>/<stem>.png -> <category>/ground_truth/<defect>/<stem>_mask.png
                     mask_path = path.parents[2] / "ground_truth" / cls.name / f"{path.stem}_mask.png"
                     if not mask_path.is_file():
                         raise FileNotFoundError(f"defect image {path} has no mask: {mask_path} does not "
                                                 "exist; restore the ground_truth folder or remove the image.")
-                self.paths.append(path)
-                self.labels.append(0 if cls.name == "good" else 1)
-                self.defects.append(cls.name)
-                self.mask_paths.append(mask_path)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        """Item ``index`` as a dict.
-
-        Returns
-        -------
-        dict
-            ``image`` (3, input_size, input_size) float32 RGB in [0, 1]; ``mask`` (1, mask_size, mask_size)
-            float32 in {0, 1}; ``label`` int (0 good, 1 defect); ``path`` str; ``defect`` str.
-        """
-        path, mask_path = self.paths[index], self.mask_paths[index]
-        im = _open(path, "image")
-        image = _image_to_tensor(im, self.input_size)
-        if mask_path is None:
-            mask = torch.zeros(1, self.mask_size, self.mask_size)
-        else:
-            mask_im = _open(mask_path, "mask")
-            if mask_im.size != im.size:
-                raise ValueError(f"mask {mask_path} is {mask_im.size[0]}x{mask_im.size[1]} but its image {path} "
-                                 f"is {im.size[0]}x{im.size[1]} (width x height); a mask must have its image's "
-                                 "size: restore the original files.")
-            mask = _mask_to_tensor(mask_im, self.mask_size)
-        return {"image": image, "mask": mask, "label": self.labels[index], "path": str(path),
-                "defect": self.defects[index]}
+                self._add(path, 0 if cls.name == "good" else 1, cls.name, mask_path)
 
     def __repr__(self) -> str:
         return (f"MVTecDataset(root={str(self.root)!r}, category={self.category!r}, split={self.split!r}, "

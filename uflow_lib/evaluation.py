@@ -3,11 +3,15 @@
 ``predict_maps`` runs a model of any method (:mod:`uflow_lib.methods`, recognised from the model) once over a dataset and keeps everything
 later steps need (score maps, −log10 NFA maps, masks, labels, image scores, mean z²); ``compute_metrics`` turns
 that into numbers, the same code for every method.
+
+A test set without ground-truth masks (``dataset.has_masks`` False: an MVTec category without ``ground_truth/``,
+BTAD without ``ground_truth/ko``, a folder layout without ``--mask-dir``) gives image AUROC only: every metric
+that needs masks (:data:`MASK_METRICS`) is ``None``, never 0, and :func:`evaluate_model` says why in one line.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -17,17 +21,26 @@ from tqdm.auto import tqdm
 from . import metrics as M
 from .checkpoint import load_trained
 from .config import TrainConfig
-from .data import MVTecDataset
+from .data import AnomalyDataset
+from .layouts import open_dataset, override_data, resolve_layout
 from .methods import method_of, resolve
 from .nfa import tree_nfa
 from .nfa_block import block_nfa
 from .runtime import pick_device
 from .scoring import mean_z2
 
-__all__ = ["default_nfa_scales", "latent_sides", "predict_maps", "compute_metrics", "evaluate_model", "evaluate_checkpoint", "EVAL_SIZE"]
+__all__ = ["default_nfa_scales", "latent_sides", "predict_maps", "compute_metrics", "evaluate_model", "evaluate_checkpoint", "EVAL_SIZE",
+           "MASK_METRICS", "NO_MASKS", "no_masks_note", "open_test_set"]
 
 #: The paper's evaluation resolution.
 EVAL_SIZE = 256
+
+#: The metrics of :func:`compute_metrics` that need ground-truth masks (None without them).
+MASK_METRICS: tuple[str, ...] = ("pixel_auroc", "aupro", "aupro_pixel_map", "miou_auto", "miou_oracle",
+                                 "oracle_threshold", "miou_oracle_likelihood")
+
+#: How a metric that needs masks is shown when the test set has none.
+NO_MASKS = "n/a (no masks)"
 
 
 def default_nfa_scales(backbone: str, n_scales: int, sizes: Sequence[int] | None = None) -> list[int] | None:
@@ -68,16 +81,17 @@ def predict_maps(
 
     Returns a dict of numpy arrays: ``score`` (N, H, W) the method's pixel score map (for U-Flow the
     non-saturating likelihood score), ``image_score`` (N,), ``mean_z2`` (N,) of the NFA latents, ``mask``
-    (N, H, W) uint8, ``label`` (N,), ``nfa`` (N, H, W) = −log10 NFA (when ``nfa`` is ``"tree"`` or
-    ``"block"``; ``None`` skips it), and the method's extra parts (MSFlow: ``score_pro``; SANFlow:
-    ``log_prob<l>``, ``variance<l>``). ``keep_latents``: also ``latents``, the NFA latents of the whole set
-    (list over scales of ``(N, C_s, h_s, w_s)`` float32 tensors; for SANFlow z/σ).
+    (N, H, W) uint8 (``None`` when ``dataset.has_masks`` is False), ``label`` (N,), ``nfa`` (N, H, W) =
+    −log10 NFA (when ``nfa`` is ``"tree"`` or ``"block"``; ``None`` skips it), and the method's extra parts
+    (MSFlow: ``score_pro``; SANFlow: ``log_prob<l>``, ``variance<l>``). ``keep_latents``: also ``latents``, the
+    NFA latents of the whole set (list over scales of ``(N, C_s, h_s, w_s)`` float32 tensors; for SANFlow z/σ).
     """
     if nfa not in (None, "tree", "block"):
         raise ValueError(f"nfa must be 'tree', 'block' or None, got {nfa!r}")
     flow_method = method_of(model)
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    has_masks = getattr(dataset, "has_masks", True)
     out: dict[str, list] = {k: [] for k in ("mean_z2", "mask", "label", "nfa")}
     latents: list[list[torch.Tensor]] = []
     for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
@@ -87,39 +101,52 @@ def predict_maps(
         out["mean_z2"].append(mean_z2(z).numpy())
         if keep_latents:
             latents.append(z)
-        out["mask"].append(batch["mask"][:, 0].numpy().astype(np.uint8))
+        if has_masks:
+            out["mask"].append(batch["mask"][:, 0].numpy().astype(np.uint8))
         out["label"].append(np.asarray(batch["label"]))
         if nfa == "tree":
             out["nfa"].append(tree_nfa(z, out_size, bound=nfa_bound, scales=nfa_scales)[:, 0].float().numpy())
         elif nfa == "block":
             out["nfa"].append(block_nfa(z, out_size)[:, 0].float().numpy())
     pred = flow_method.finalize({k: np.concatenate(v) for k, v in out.items() if v}, out_size)
+    if not has_masks:
+        pred["mask"] = None
     if keep_latents:
         pred["latents"] = [torch.cat(scale) for scale in zip(*latents)]
     return pred
 
 
-def compute_metrics(pred: dict[str, np.ndarray]) -> dict[str, float]:
+def compute_metrics(pred: dict[str, np.ndarray]) -> dict[str, float | None]:
     """Metrics on 0–1 scale: pixel/image AUROC, AUPRO (FPR ≤ 0.3), mean z² of normal images, mIoU (with NFA).
 
     AUPRO is computed on ``score_pro`` where the method has one (MSFlow's product map, as its paper), and then
-    also on ``score`` as ``aupro_pixel_map``.
+    also on ``score`` as ``aupro_pixel_map``. When ``pred["mask"]`` is None (no ground truth), the metrics of
+    :data:`MASK_METRICS` are None.
     """
-    res = dict(
-        pixel_auroc=M.pixel_auroc(pred["score"], pred["mask"]),
+    masks = pred.get("mask")
+    res: dict = dict(
+        pixel_auroc=None if masks is None else M.pixel_auroc(pred["score"], masks),
         image_auroc=M.image_auroc(pred["image_score"], pred["label"]),
-        aupro=M.aupro(pred.get("score_pro", pred["score"]), pred["mask"]),
+        aupro=None if masks is None else M.aupro(pred.get("score_pro", pred["score"]), masks),
         mean_z2_normal=float(pred["mean_z2"][pred["label"] == 0].mean()) if (pred["label"] == 0).any() else float("nan"),
     )
     if "score_pro" in pred:
-        res["aupro_pixel_map"] = M.aupro(pred["score"], pred["mask"])
+        res["aupro_pixel_map"] = None if masks is None else M.aupro(pred["score"], masks)
     if "nfa" in pred:
-        res["miou_auto"] = M.miou(pred["nfa"] > 0, pred["mask"])
-        res["miou_oracle"], res["oracle_threshold"] = M.oracle_miou(pred["nfa"], pred["mask"])
-        res["miou_oracle_likelihood"], _ = M.oracle_miou(pred["score"], pred["mask"])
+        res["miou_auto"] = res["miou_oracle"] = res["oracle_threshold"] = res["miou_oracle_likelihood"] = None
+        if masks is not None:
+            res["miou_auto"] = M.miou(pred["nfa"] > 0, masks)
+            res["miou_oracle"], res["oracle_threshold"] = M.oracle_miou(pred["nfa"], masks)
+            res["miou_oracle_likelihood"], _ = M.oracle_miou(pred["score"], masks)
         res["false_detections_normal"] = float(((pred["nfa"] > 0).reshape(len(pred["label"]), -1).any(1)
                                                 & (pred["label"] == 0)).sum())
-    return {k: float(v) for k, v in res.items()}
+    return {k: None if v is None else float(v) for k, v in res.items()}
+
+
+def no_masks_note(dataset) -> str:
+    """The one line :func:`evaluate_model` prints for a test set without masks: why, and what is not computed."""
+    return (f"note: {dataset.no_masks_reason}, so the test set has image labels only: pixel AUROC, AUPRO and the "
+            f"mIoU metrics need ground-truth masks and are {NO_MASKS}; image AUROC is computed.")
 
 
 def latent_sides(model: torch.nn.Module) -> list[int]:
@@ -127,14 +154,29 @@ def latent_sides(model: torch.nn.Module) -> list[int]:
     return method_of(model).latent_sides(model)
 
 
+def open_test_set(cfg: TrainConfig) -> AnomalyDataset:
+    """The test split of ``cfg``'s data as evaluation reads it: images at ``cfg.input_size``, masks at
+    :data:`EVAL_SIZE`. Opening it checks the folders, every image's label and every mask's presence."""
+    cfg = resolve(resolve_layout(cfg))
+    return open_dataset(cfg, "test", input_size=cfg.input_size, mask_size=EVAL_SIZE)
+
+
 def evaluate_model(
-    model, extractor, cfg: TrainConfig, device="cpu", progress: bool = True, nfa: bool = True, **kwargs
-) -> dict[str, float]:
-    """Metrics of ``model`` on the test split of ``cfg.data/cfg.category``."""
-    cfg = resolve(cfg)
+    model, extractor, cfg: TrainConfig, device="cpu", progress: bool = True, nfa: bool = True,
+    log: Callable[[str], object] | None = print, dataset: AnomalyDataset | None = None, **kwargs
+) -> dict[str, float | None]:
+    """Metrics of ``model`` on the test split of ``cfg``'s data (any layout, :func:`uflow_lib.layouts.open_dataset`).
+
+    ``dataset``: that test split already opened (:func:`open_test_set`), e.g. by training, which opens it before the
+    first epoch. Without masks in the test set, ``log`` gets :func:`no_masks_note` once (None: say nothing).
+    """
+    cfg = resolve(resolve_layout(cfg))
     if method_of(model).name != cfg.method:
         raise ValueError(f"the model is a {method_of(model).name} model, but the config says {cfg.method}")
-    dataset = MVTecDataset(cfg.data, cfg.category, "test", input_size=cfg.input_size, mask_size=EVAL_SIZE)
+    if dataset is None:
+        dataset = open_test_set(cfg)
+    if not dataset.has_masks and log is not None:
+        log(no_masks_note(dataset))
     if kwargs.get("nfa_scales") is None:
         kwargs["nfa_scales"] = default_nfa_scales(cfg.backbone, len(model.channels), latent_sides(model))
     pred = predict_maps(model, extractor, dataset, device, nfa="tree" if nfa else None, progress=progress, **kwargs)
@@ -148,15 +190,29 @@ def evaluate_checkpoint(
     device: str = "auto",
     weights: str | None = None,
     progress: bool = True,
+    *,
+    layout: str | None = None,
+    normal_dir: str | None = None,
+    abnormal_dir: str | None = None,
+    mask_dir: str | None = None,
+    normal_test_dir: str | None = None,
+    normal_split: float | None = None,
+    split_seed: int | None = None,
+    log: Callable[[str], object] | None = print,
     **kwargs,
-) -> dict[str, float | int | str]:
-    """Load a checkpoint and evaluate it (last epoch: the honest protocol). Data/category default to the saved ones."""
+) -> dict[str, float | int | str | None]:
+    """Load a checkpoint and evaluate it (last epoch: the honest protocol).
+
+    The data is the saved one unless data options are given (:func:`uflow_lib.layouts.override_data`: ``data``
+    or folder options name a new source as a whole). Metrics that need masks are None on a test set without
+    them.
+    """
     dev = pick_device(device)
     cfg, extractor, model, ckpt = load_trained(checkpoint, dev, weights)
-    if data is not None:
-        cfg.data = data
-    if category is not None:
-        cfg.category = category
-    res: dict = evaluate_model(model, extractor, cfg, dev, progress, **kwargs)
-    res.update(epoch=int(ckpt["epoch"]), category=cfg.category, backbone=cfg.backbone, method=cfg.method)
+    cfg = override_data(cfg, data, category, layout, normal_dir=normal_dir, abnormal_dir=abnormal_dir,
+                        mask_dir=mask_dir, normal_test_dir=normal_test_dir, normal_split=normal_split,
+                        split_seed=split_seed)
+    res: dict = evaluate_model(model, extractor, cfg, dev, progress, log=log, **kwargs)
+    res.update(epoch=int(ckpt["epoch"]), category=cfg.category, layout=cfg.layout, backbone=cfg.backbone,
+               method=cfg.method)
     return res

@@ -7,6 +7,9 @@ on test pixel AUROC, as the authors did) is reported in separate, labelled colum
 last-epoch numbers. ``workers=N`` (``--workers N``) spreads the categories over N processes, one per GPU, and
 merges their results into the same table. ``python -m uflow_lib reproduce --help`` is the same from the command
 line.
+
+Any layout of :mod:`uflow_lib.layouts` works (``layout``, folder options); a category without ground-truth masks
+gets its pixel columns marked ``n/a`` (image AUROC only).
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint
-from .config import TrainConfig
+from .config import FOLDER_OPTIONS, TrainConfig
 from .data import MVTEC_CATEGORIES
 from .evaluation import evaluate_checkpoint
+from .layouts import open_dataset, resolve_layout
 from .methods import resolve
 from .runtime import pick_device
 from .training import train
@@ -56,23 +60,33 @@ COLUMNS = ["method", "category", "epochs", "pixel_auroc", "paper_pixel_auroc", "
            "best_on_test_epoch", "best_on_test_pixel_auroc", "best_on_test_aupro", "best_on_test_image_auroc"]
 
 
+def _pct(v: float | None) -> float | None:
+    """A 0–1 metric in percent; None (not measured: no masks) stays None."""
+    return None if v is None else 100 * v
+
+
 def _row(category: str, metrics: dict, best: dict | None) -> dict:
     method = metrics.get("method", "uflow")
     paper = PAPER_RESULTS.get(category) if method == "uflow" else None  # the U-Flow paper's numbers
-    row = dict(method=method, category=category, epochs=metrics["epoch"], pixel_auroc=100 * metrics["pixel_auroc"],
-               aupro=100 * metrics["aupro"], miou_auto=metrics.get("miou_auto"), miou_oracle=metrics.get("miou_oracle"),
+    row = dict(method=method, category=category, epochs=metrics["epoch"], pixel_auroc=_pct(metrics["pixel_auroc"]),
+               aupro=_pct(metrics["aupro"]), miou_auto=metrics.get("miou_auto"), miou_oracle=metrics.get("miou_oracle"),
                image_auroc=100 * metrics["image_auroc"], mean_z2_normal=metrics["mean_z2_normal"])
     if paper:
         row.update(paper_pixel_auroc=paper[0], paper_aupro=paper[1], paper_miou_auto=paper[2],
                    paper_miou_oracle=paper[3])
     if best:
-        row.update(best_on_test_epoch=best["epoch"], best_on_test_pixel_auroc=100 * best["pixel_auroc"],
-                   best_on_test_aupro=100 * best["aupro"], best_on_test_image_auroc=100 * best["image_auroc"])
+        row.update(best_on_test_epoch=best["epoch"], best_on_test_pixel_auroc=_pct(best.get("pixel_auroc")),
+                   best_on_test_aupro=_pct(best.get("aupro")), best_on_test_image_auroc=100 * best["image_auroc"])
     return row
 
 
-def _fmt(v, digits: int) -> str:
-    return "—" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
+def _fmt(v, digits: int, missing: str = "—") -> str:
+    return missing if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
+
+
+def _got(v, digits: int) -> str:
+    """A measured value: ``n/a`` where it could not be measured (no masks)."""
+    return _fmt(v, digits, "n/a")
 
 
 def results_table(rows: Sequence[dict]) -> str:
@@ -87,22 +101,26 @@ def results_table(rows: Sequence[dict]) -> str:
     lines = [head, "|" + "---|" * (9 + show_method)]
     for r in rows:
         best = ("—" if r.get("best_on_test_epoch") is None else
-                f"{r['best_on_test_epoch']} / {r['best_on_test_pixel_auroc']:.2f} / {r['best_on_test_aupro']:.2f}")
+                f"{r['best_on_test_epoch']} / {_got(r['best_on_test_pixel_auroc'], 2)} / "
+                f"{_got(r['best_on_test_aupro'], 2)}")
         lines.append(
-            f"{first(r)}| {r['category']} | {r['epochs']} | {_fmt(r['pixel_auroc'], 2)} ({_fmt(r.get('paper_pixel_auroc'), 2)}) "
-            f"| {_fmt(r['aupro'], 2)} ({_fmt(r.get('paper_aupro'), 2)}) "
-            f"| {_fmt(r.get('miou_auto'), 4)} ({_fmt(r.get('paper_miou_auto'), 4)}) "
-            f"| {_fmt(r.get('miou_oracle'), 4)} ({_fmt(r.get('paper_miou_oracle'), 4)}) "
-            f"| {_fmt(r['image_auroc'], 2)} | {_fmt(r['mean_z2_normal'], 3)} | {best} |")
+            f"{first(r)}| {r['category']} | {r['epochs']} | {_got(r['pixel_auroc'], 2)} ({_fmt(r.get('paper_pixel_auroc'), 2)}) "
+            f"| {_got(r['aupro'], 2)} ({_fmt(r.get('paper_aupro'), 2)}) "
+            f"| {_got(r.get('miou_auto'), 4)} ({_fmt(r.get('paper_miou_auto'), 4)}) "
+            f"| {_got(r.get('miou_oracle'), 4)} ({_fmt(r.get('paper_miou_oracle'), 4)}) "
+            f"| {_got(r['image_auroc'], 2)} | {_got(r['mean_z2_normal'], 3)} | {best} |")
     if len(rows) > 1:
         mean = lambda k: sum(r[k] for r in rows) / len(rows) if all(r.get(k) is not None for r in rows) else None  # noqa: E731
-        lines.append(f"{'| ' if show_method else ''}| **mean** | | {_fmt(mean('pixel_auroc'), 2)} ({_fmt(mean('paper_pixel_auroc'), 2)}) "
-                     f"| {_fmt(mean('aupro'), 2)} ({_fmt(mean('paper_aupro'), 2)}) "
-                     f"| {_fmt(mean('miou_auto'), 4)} ({_fmt(mean('paper_miou_auto'), 4)}) "
-                     f"| {_fmt(mean('miou_oracle'), 4)} ({_fmt(mean('paper_miou_oracle'), 4)}) "
-                     f"| {_fmt(mean('image_auroc'), 2)} | | |")
+        lines.append(f"{'| ' if show_method else ''}| **mean** | | {_got(mean('pixel_auroc'), 2)} ({_fmt(mean('paper_pixel_auroc'), 2)}) "
+                     f"| {_got(mean('aupro'), 2)} ({_fmt(mean('paper_aupro'), 2)}) "
+                     f"| {_got(mean('miou_auto'), 4)} ({_fmt(mean('paper_miou_auto'), 4)}) "
+                     f"| {_got(mean('miou_oracle'), 4)} ({_fmt(mean('paper_miou_oracle'), 4)}) "
+                     f"| {_got(mean('image_auroc'), 2)} | | |")
     lines += ["", "Last epoch (the honest protocol). Best-on-test columns, when present, select the epoch on the "
               "test set's pixel AUROC as the authors did: they are not comparable to a held-out result."]
+    if any(r["pixel_auroc"] is None for r in rows):
+        lines.append("n/a: the category's test set has no ground-truth masks, so there are no pixel metrics (image "
+                     "AUROC only; best-on-test then selects on image AUROC).")
     return "\n".join(lines)
 
 
@@ -125,6 +143,8 @@ def reproduce(
     cait_blocks: Sequence[int] | None = None,
     checkpoint_every: int = 1,
     checkpoint_minutes: float | None = None,
+    layout: str = "auto",
+    **folder,
 ) -> list[dict]:
     """Train and evaluate each category (resumable); returns the table rows and writes results.csv/.md to ``out``.
 
@@ -132,7 +152,9 @@ def reproduce(
     its ``epochs`` column; run again to continue it. ``method`` trains MSFlow or SANFlow instead (their own
     recipes, :mod:`uflow_lib.methods`; they need a CNN backbone). ``checkpoint_every`` / ``checkpoint_minutes``:
     how often ``last.pt`` is written (:class:`~uflow_lib.config.TrainConfig`); ``cait_blocks``: a shallower
-    MS-CaiT (random weights, quick checks of the full path).
+    MS-CaiT (random weights, quick checks of the full path). ``layout`` and the folder options (``normal_dir``,
+    ... :data:`uflow_lib.config.FOLDER_OPTIONS`) choose the data's layout (:mod:`uflow_lib.layouts`); in the folder
+    layout ``data`` is None and ``categories`` is the run's one name.
 
     ``workers`` > 1 runs that many processes, one per GPU (worker ``i`` on ``cuda:i``; every worker on the CPU
     when ``device`` is the CPU), each on its own share of the categories (:func:`deal_categories`) and logging to
@@ -143,7 +165,13 @@ def reproduce(
     """
     out = Path(out)
     categories = list(categories)
-    settings = dict(data=str(data), method=method, backbone=backbone, weights=weights, pretrained=pretrained,
+    if set(folder) - set(FOLDER_OPTIONS):
+        raise TypeError(f"unknown options {sorted(set(folder) - set(FOLDER_OPTIONS))}; expected {FOLDER_OPTIONS}")
+    if folder.get("normal_dir") is not None and len(categories) != 1:
+        raise ValueError(f"the folder layout is one dataset, but {len(categories)} categories were given; pass one "
+                         "name (--categories NAME) or none (the normal folder's name)")
+    settings = dict(data=None if data is None else str(data), method=method, layout=layout, **folder,
+                    backbone=backbone, weights=weights, pretrained=pretrained,
                     epochs=epochs, max_minutes=max_minutes, eval_every=eval_every, cache_dir=cache_dir,
                     cait_blocks=None if cait_blocks is None else list(cait_blocks), checkpoint_every=checkpoint_every,
                     checkpoint_minutes=checkpoint_minutes)
@@ -228,17 +256,21 @@ def _run_category(out: Path, category: str, settings: dict, device: str, progres
     done = out / category / "metrics.json"
     metrics = json.loads(done.read_text()) if done.is_file() else None
     if metrics is None or metrics["epoch"] != res.epochs_done:
-        metrics = evaluate_checkpoint(str(res.checkpoint), device=device, progress=progress)
+        metrics = evaluate_checkpoint(str(res.checkpoint), device=device, progress=progress, log=log)
         done.write_text(json.dumps(metrics))
-    return (f"{category}: epoch {metrics['epoch']}, pixel AUROC {100 * metrics['pixel_auroc']:.2f}, "
-            f"AUPRO {100 * metrics['aupro']:.2f}, mIoU auto {metrics.get('miou_auto', float('nan')):.4f}")
+    return (f"{category}: epoch {metrics['epoch']}, pixel AUROC {_got(_pct(metrics['pixel_auroc']), 2)}, "
+            f"AUPRO {_got(_pct(metrics['aupro']), 2)}, mIoU auto {_got(metrics.get('miou_auto', float('nan')), 4)}, "
+            f"image AUROC {100 * metrics['image_auroc']:.2f}")
 
 
 def _cost(category: str, settings: dict) -> float:
-    """Training images × epochs of a category (its images only count when its folder exists)."""
-    good = Path(settings["data"]) / category / "train" / "good"
-    images = sum(1 for p in good.iterdir() if p.is_file()) if good.is_dir() else 0
-    epochs = resolve(_config(Path("."), category, settings, "cpu")).epochs or 1
+    """Training images × epochs of a category (its images only count when its data is readable)."""
+    cfg = _config(Path("."), category, settings, "cpu")
+    try:
+        images = len(open_dataset(resolve_layout(cfg), "train", input_size=8))
+    except (FileNotFoundError, ValueError):
+        images = 0
+    epochs = resolve(cfg).epochs or 1
     return float(images * epochs)
 
 

@@ -5,10 +5,12 @@ be cached) comes from the method (:mod:`uflow_lib.methods`); the loop, seeding, 
 
 ``train(cfg)`` writes ``cfg.out/last.pt`` every ``checkpoint_every`` epochs (default: every epoch), also when
 ``checkpoint_minutes`` have passed since the last write, at the end, and when ``max_minutes`` stops the run cleanly
-at an epoch boundary (and ``best_on_test.pt`` when ``eval_every`` > 0, with the test features extracted once
-and replayed). Run it again with the same ``out`` and it resumes from the last write. The shuffling of epoch ``e`` is seeded by ``seed + e`` (SANFlow's synthetic anomalies of batch ``b`` by
-``(seed, e, b)``) and learning-rate schedules are functions of the step, so a resumed run continues exactly as
-an uninterrupted one would (``tests/test_training.py`` checks this).
+at an epoch boundary (and ``best_on_test.pt`` when ``eval_every`` > 0: the test set is opened before the
+first epoch, so an unreadable one fails at once; its features are extracted once and replayed; the epoch is
+selected on test pixel AUROC, or on image AUROC when the test set has no masks). Run it again with the same
+``out`` and it resumes from the last write. The shuffling of epoch ``e`` is seeded by ``seed + e`` (SANFlow's
+synthetic anomalies of batch ``b`` by ``(seed, e, b)``) and learning-rate schedules are functions of the step, so
+a resumed run continues exactly as an uninterrupted one would (``tests/test_training.py`` checks this).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import MVTecDataset
-from .evaluation import evaluate_model
+from .data import AnomalyDataset
+from .evaluation import evaluate_model, open_test_set
 from .feature_cache import ReplayExtractor, cached_features
+from .layouts import open_dataset, resolve_layout
 from .methods import FlowMethod, architecture, build_extractor_for, build_model, get_method, resolve
 from .runtime import pick_device, seed_everything
 
@@ -51,12 +54,14 @@ class _Run:
     device: torch.device
     extractor: torch.nn.Module
     model: torch.nn.Module
-    dataset: MVTecDataset
+    dataset: AnomalyDataset
     #: cached prepared features (list of (N, C_s, h_s, w_s)), or None for methods that augment images
     features: list[torch.Tensor] | None
     #: decoded training images (N, 3, S, S) for methods that augment them, else None
     images: torch.Tensor | None
     optimizer: torch.optim.Optimizer | None = None
+    #: the test split (opened before the first epoch when ``eval_every`` > 0, else None)
+    test_set: AnomalyDataset | None = None
     #: the extractor as the test evaluations see it (features of the test set computed once, then replayed)
     test_extractor: ReplayExtractor | None = None
     start_epoch: int = 0
@@ -84,7 +89,7 @@ def _start(cfg: TrainConfig, progress: bool) -> _Run:
     """Build the extractor and the model, and load the training data once (features cached where possible)."""
     method, device = get_method(cfg.method), pick_device(cfg.device)
     extractor = build_extractor_for(cfg).to(device)
-    dataset = MVTecDataset(cfg.data, cfg.category, "train", input_size=cfg.input_size)
+    dataset = open_dataset(cfg, "train", input_size=cfg.input_size)
     model = build_model(cfg, extractor).to(device)
     features = images = None
     if not method.cacheable:  # decode and resize every image once; the method augments them at every step
@@ -160,18 +165,25 @@ def _train_epoch(run: _Run, epoch: int, last: Path) -> dict:
                 seconds=time.monotonic() - t_epoch)
 
 
-def _track_best_on_test(run: _Run, record: dict, out: Path) -> None:
-    """Evaluate on the test set, add the metrics to ``record``, keep ``best_on_test.pt`` (labelled as such)."""
-    if run.test_extractor is None:
+def _track_best_on_test(run: _Run, record: dict, out: Path, log) -> None:
+    """Evaluate on the test set, add the metrics to ``record``, keep ``best_on_test.pt`` (labelled as such).
+
+    The epoch is selected on test pixel AUROC, or on image AUROC when the test set has no masks (``log`` hears
+    that once, at the first evaluation).
+    """
+    first = run.test_extractor is None
+    if first:
         run.test_extractor = ReplayExtractor(run.extractor)
     metrics = evaluate_model(run.model, run.test_extractor.rewind(), run.cfg, device=run.device, progress=False,
-                             nfa=False)
-    scores = {k: v for k, v in metrics.items() if isinstance(v, float)}
+                             nfa=False, log=log if first else None, dataset=run.test_set)
+    scores = {k: v for k, v in metrics.items() if v is None or isinstance(v, float)}
     record.update({f"test_{k}": v for k, v in scores.items()})
-    if run.best is None or metrics["pixel_auroc"] > run.best["pixel_auroc"]:
+    key = "pixel_auroc" if metrics["pixel_auroc"] is not None else "image_auroc"
+    if run.best is None or metrics[key] > run.best[key]:
         run.best = dict(epoch=record["epoch"], **scores)
         save_checkpoint(out / "best_on_test.pt", config=run.cfg.to_dict(), model=run.model.state_dict(),
-                        epoch=record["epoch"], selected_on="test pixel AUROC (NOT the paper's protocol)")
+                        epoch=record["epoch"], selected_on=f"test {key.replace('_auroc', ' AUROC')} "
+                                                           "(NOT the paper's protocol)")
 
 
 def _checkpoint_due(cfg: TrainConfig, epochs_done: int, seconds_since_save: float) -> bool:
@@ -183,16 +195,20 @@ def _checkpoint_due(cfg: TrainConfig, epochs_done: int, seconds_since_save: floa
 
 def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
     """Train (or resume) ``cfg.method`` as ``cfg`` says. See module docstring."""
-    cfg = resolve(cfg)
+    cfg = resolve(resolve_layout(cfg))
     out = Path(cfg.out)
     last = out / "last.pt"
     done = _completed(last, cfg)
     if done is not None:  # nothing left to train: no backbone, no features
         return done
+    # a test set that cannot be read (missing folder or mask, a mask for only some defect types) fails now, not
+    # after the first epoch's training
+    test_set = open_test_set(cfg) if cfg.eval_every else None
     seed_everything(cfg.seed)
     if pick_device(cfg.device).type == "cpu" and cfg.backbone == "mcait":
         log("note: MS-CaiT on a CPU takes ~10 s per image; use a GPU (Colab) or --backbone mobilenetv2")
     run = _start(cfg, progress)
+    run.test_set = test_set
     _resume(run, last, log)
     t0 = t_saved = time.monotonic()
     bar = tqdm(range(run.start_epoch, cfg.epochs), desc=f"train {cfg.category}", disable=not progress,
@@ -200,7 +216,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
     for epoch in bar:
         record = _train_epoch(run, epoch, last)
         if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0:
-            _track_best_on_test(run, record, out)
+            _track_best_on_test(run, record, out, log)
         run.history.append(record)
         bar.set_postfix(loss=f"{record['loss_per_dim']:.4f}/dim")
         stop = (cfg.max_minutes is not None and time.monotonic() - t0 > 60 * cfg.max_minutes
