@@ -37,6 +37,7 @@ SHARED = {
     "--url": {"download", "reproduce"},
     "--copy-to-local": {"download", "reproduce"},
     "--no-copy-to-local": {"download", "reproduce"},
+    "--debug": set(RUNS),  # added to every subcommand in one place (build_parser)
 }
 
 #: Options whose meaning deliberately differs between subcommands: the groups that share one definition.
@@ -185,7 +186,11 @@ PARSES = [
           nfa_bound="paper", nfa_scales=[0, 2], no_nfa=True, device="cuda:1", json=True, no_progress=True)),
     (["predict", "--checkpoint", "c.pt", "--input", "img.png", "--out", "P", "--nfa-scales", "1"],
      dict(command="predict", checkpoint="c.pt", method=None, input="img.png", out="P", weights=None,
-          nfa_scales=[1], device="auto")),
+          nfa_scales=[1], device="auto", out_size=None, overwrite=False)),
+    (["predict", "--checkpoint", "c.pt", "--input", "in", "--out", "P", "--out-size", "640x480", "--overwrite",
+      "--debug"],
+     dict(command="predict", checkpoint="c.pt", method=None, input="in", out="P", weights=None,
+          nfa_scales=None, device="auto", out_size="640x480", overwrite=True, debug=True)),
     (["make-dataset", "--out", "G"], dict(command="make-dataset", out="G", seed=0, category="texture")),
     (["reproduce", "--data", "D", "--out", "R"],
      dict(command="reproduce", data="D", out="R", categories=None, method="uflow", backbone="mcait", weights=None,
