@@ -9,7 +9,7 @@ import torch
 from .config import TrainConfig
 from .features import FeatureExtractor
 from .methods import build_extractor_for, build_model, resolve
-from .validation import CheckpointError, short_reason, why_unreadable
+from .validation import CheckpointError, why_unreadable
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_trained"]
 
@@ -74,6 +74,11 @@ def load_trained(
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:  # a config that does not describe the saved weights
+        expected, saved = model.state_dict(), ckpt["model"]
+        missing, unexpected = [k for k in expected if k not in saved], [k for k in saved if k not in expected]
+        reshaped = [k for k in expected if k in saved and tuple(saved[k].shape) != tuple(expected[k].shape)]
         raise CheckpointError(f"checkpoint {path}: the saved model weights do not fit the model its config "
-                              f"describes ({short_reason(err, 120)}); the file was edited or mixed up") from err
+                              f"describes ({len(missing)} missing, {len(unexpected)} unexpected, {len(reshaped)} of "
+                              f"other shapes, e.g. {(missing + unexpected + reshaped)[:2]}); the file was edited or "
+                              f"mixed up") from err
     return cfg, extractor, model.to(device).eval(), ckpt
