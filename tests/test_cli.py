@@ -44,6 +44,7 @@ SHARED = {
     "--normal-test-dir": {"train", "evaluate", "reproduce"},
     "--normal-split": {"train", "evaluate", "reproduce"},
     "--split-seed": {"train", "evaluate", "reproduce"},
+    "--debug": set(RUNS),  # added to every subcommand in one place (build_parser)
 }
 
 #: The parse result of the data-layout options when none is given (train, evaluate, reproduce).
@@ -209,7 +210,11 @@ PARSES = [
           **(NO_LAYOUT | dict(layout="btad")))),
     (["predict", "--checkpoint", "c.pt", "--input", "img.png", "--out", "P", "--nfa-scales", "1"],
      dict(command="predict", checkpoint="c.pt", method=None, input="img.png", out="P", weights=None,
-          nfa_scales=[1], device="auto")),
+          nfa_scales=[1], device="auto", out_size=None, overwrite=False)),
+    (["predict", "--checkpoint", "c.pt", "--input", "in", "--out", "P", "--out-size", "640x480", "--overwrite",
+      "--debug"],
+     dict(command="predict", checkpoint="c.pt", method=None, input="in", out="P", weights=None,
+          nfa_scales=None, device="auto", out_size="640x480", overwrite=True, debug=True)),
     (["make-dataset", "--out", "G"], dict(command="make-dataset", out="G", seed=0, category="texture")),
     (["reproduce", "--data", "D", "--out", "R"],
      dict(command="reproduce", data="D", out="R", categories=None, method="uflow", backbone="mcait", weights=None,

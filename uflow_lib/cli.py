@@ -11,11 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 from .config import DEFAULT_INPUT_SIZE, LAYOUTS, TrainConfig
 from .download import URL_ENV, DownloadError
 from .methods import METHODS
+from .validation import UserInputError
 
 __all__ = ["main", "build_parser"]
 
@@ -264,8 +267,14 @@ def _add_predict(sub) -> None:
                        help="anomaly map and NFA mask PNGs for an image or a folder",
                        description="Write <stem>_anomaly.png (the method's score map as gray levels, one scale "
                                    "for all the given images) and <stem>_nfa_mask.png (automatic a contrario "
-                                   "segmentation, valid bound) for each image, both 256×256. SANFlow's maps "
+                                   "segmentation, valid bound) for each image, at the image's own size (see "
+                                   "--out-size). Names that clash (x.png, x.jpg) keep their extension (x_png_...). "
+                                   "Hidden (.*) and unreadable files are skipped and reported. SANFlow's maps "
                                    "depend on the set of images: pass a folder.")
+    p.add_argument("--out-size", metavar="N|WxH",
+                   help="size of the written maps: N (square) or WxH pixels (default: each input's own size)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace output files already in --out (default: refuse before any work)")
 
 
 def _add_make_dataset(sub) -> None:
@@ -328,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_make_dataset(sub)
     _add_download(sub)
     _add_reproduce(sub)
+    for p in sub.choices.values():  # one definition everywhere; absent from the namespace unless given
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="on an error, show the Python traceback instead of one line")
     return parser
 
 
@@ -384,9 +396,20 @@ def _evaluate(a) -> int:
 def _predict(a) -> int:
     from .predict import predict_files
 
+    from .predict import parse_out_size
+
+    out_size = parse_out_size(a.out_size)
     _check_method(a.checkpoint, a.method)
-    written = predict_files(a.checkpoint, a.input, a.out, weights=a.weights, device=a.device, nfa_scales=a.nfa_scales)
-    print(f"wrote {len(written)} files to {a.out}")
+    skipped = []
+
+    def report(line: str) -> None:
+        skipped.append(line)
+        print(f"warning: {line}", file=sys.stderr)
+
+    written = predict_files(a.checkpoint, a.input, a.out, weights=a.weights, device=a.device, nfa_scales=a.nfa_scales,
+                            out_size=out_size, overwrite=a.overwrite, log=report)
+    note = f" (skipped {len(skipped)} file{'s' * (len(skipped) != 1)}: see the warnings)" if skipped else ""
+    print(f"wrote {len(written)} files to {a.out}{note}")
     return 0
 
 
@@ -436,15 +459,36 @@ def _reproduce(a) -> int:
     return 0
 
 
+#: Errors of the user's input or environment, printed as one line (exit status 2) unless ``--debug``: bad values
+#: (ValueError, which :class:`~uflow_lib.validation.UserInputError` and its kinds for checkpoints, devices and
+#: weights files extend), missing or unwritable files (OSError), a diverged training, a failed download.
+EXPECTED_ERRORS = (ValueError, OSError, FloatingPointError, DownloadError, UserInputError)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one ``warning: ...`` line on stderr (no source line)."""
+    print(f"warning: {_one_line(message)}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"train": _train, "evaluate": _evaluate, "predict": _predict, "make-dataset": _make_dataset,
                 "download": _download, "reproduce": _reproduce}
-    try:
-        return handlers[args.command](args)
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, DownloadError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    debug = getattr(args, "debug", False)
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = _show_warning
+        try:
+            return handlers[args.command](args)
+        except EXPECTED_ERRORS as e:
+            if debug:
+                traceback.print_exc()
+            print(f"error: {_one_line(e) or type(e).__name__}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,11 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+
+from .validation import why_unreadable
 
 __all__ = ["extract_features", "cached_features", "cache_key", "ReplayExtractor"]
 
@@ -60,17 +63,37 @@ def cached_features(
     key_settings: dict,
     **kwargs,
 ) -> list[torch.Tensor]:
-    """:func:`extract_features`, read from / written to ``cache_dir/<hash>.pt`` when ``cache_dir`` is given."""
+    """:func:`extract_features`, read from / written to ``cache_dir/<hash>.pt`` when ``cache_dir`` is given.
+
+    The cache is loaded with ``weights_only=True``; a damaged file (or one that holds anything but the
+    dataset's feature maps) is computed again and rewritten, with a warning."""
     if cache_dir is None:
         return extract_features(extractor, dataset, **kwargs)
     path = Path(cache_dir) / f"features_{cache_key(dataset, **key_settings)}.pt"
     if path.is_file():
-        return torch.load(path, map_location="cpu")
+        try:
+            return _read_cache(path, len(dataset))
+        except ValueError as err:
+            warnings.warn(f"feature cache {path} is unreadable ({err}); computing the features again and "
+                          f"rewriting it", stacklevel=2)
     feats = extract_features(extractor, dataset, **kwargs)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(feats, tmp)
     tmp.replace(path)
+    return feats
+
+
+def _read_cache(path: Path, n: int) -> list[torch.Tensor]:
+    """The cached features in ``path`` (a list over scales of ``(n, C_s, h_s, w_s)`` float tensors), loaded with
+    ``weights_only=True``; ``ValueError`` when the file is damaged or holds anything else."""
+    try:
+        feats = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # RuntimeError, UnpicklingError, EOFError, ... depending on the damage
+        raise ValueError(why_unreadable(path, err)) from err
+    if (not isinstance(feats, list) or not feats
+            or not all(isinstance(f, torch.Tensor) and f.ndim == 4 and f.shape[0] == n for f in feats)):
+        raise ValueError(f"it does not hold {n} images' feature maps")
     return feats
 
 

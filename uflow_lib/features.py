@@ -15,7 +15,9 @@ mode, so their outputs can be computed once and cached (:mod:`uflow_lib.feature_
 
 Pretrained weights always load through timm's real ``pretrained=True`` path: from the hub (Colab) or, with
 ``weights=FILE``, from a local state dict via ``pretrained_cfg_overlay=dict(file=FILE)`` (offline machines,
-tests). ``pretrained=False`` gives random weights (tests, CI without ``../shared``).
+tests). ``pretrained=False`` gives random weights (tests, CI without ``../shared``). A local file is first checked to
+hold every tensor the features-only model uses, with the right shapes, and no keys foreign to the architecture
+(timm loads features-only models with ``strict=False``, which would leave a wrong file's backbone random).
 """
 
 from __future__ import annotations
@@ -101,6 +103,19 @@ def _quiet_timm_loading():
         logger.setLevel(level)
 
 
+def _check_weights_file(name: str, weights: Path, kwargs: dict) -> None:
+    """Refuse a weights file that is not ``name``'s state dict (timm would load it with ``strict=False`` for a
+    features-only model, leaving the backbone silently random). The models compared with are built on the meta
+    device: no memory, no time."""
+    from .validation import check_state_dict_file
+
+    with torch.device("meta"):
+        used = timm.create_model(name, pretrained=False, **kwargs).state_dict()
+        full_kwargs = {k: v for k, v in kwargs.items() if k not in ("features_only", "out_indices")}
+        full = timm.create_model(name, pretrained=False, **full_kwargs).state_dict()
+    check_state_dict_file(weights, full, used, name)
+
+
 def _create(
     name: str, pretrained: bool, weights: str | Path | None, mean_std=None, **kwargs
 ) -> nn.Module:
@@ -112,6 +127,7 @@ def _create(
                 f"weights file {weights} not found; pass an existing state dict, or omit it to download from the "
                 f"hub (needs internet), or use pretrained=False for random weights"
             )
+        _check_weights_file(name, weights, kwargs)
         overlay = dict(file=str(weights))
         if mean_std is not None:
             overlay.update(mean=mean_std[0], std=mean_std[1])

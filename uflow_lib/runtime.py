@@ -38,7 +38,8 @@ def numpy_global_seed(seed: int | None) -> Iterator[None]:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; any other name (``"cpu"``, ``"cuda:1"``) as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """``"auto"`` → CUDA when available, else CPU; any other name (``"cpu"``, ``"cuda:1"``) as given, once it is
+    checked to exist here (:func:`uflow_lib.validation.check_device` raises a ``DeviceError`` otherwise)."""
+    from .validation import check_device
+
+    return check_device(name)

@@ -10,13 +10,20 @@ first epoch, so an unreadable one fails at once; its features are extracted once
 selected on test pixel AUROC, or on image AUROC when the test set has no masks). Run it again with the same
 ``out`` and it resumes from the last write. The shuffling of epoch ``e`` is seeded by ``seed + e`` (SANFlow's
 synthetic anomalies of batch ``b`` by ``(seed, e, b)``) and learning-rate schedules are functions of the step, so
-a resumed run continues exactly as an uninterrupted one would (``tests/test_training.py`` checks this).
+a resumed run continues exactly as an uninterrupted one would (``tests/test_training.py`` checks this;
+``tests/test_kill_resume.py`` after a ``kill -9``).
+
+Before any work (backbone, data), ``train`` checks the settings, the device, the output and cache folders and,
+when ``last.pt`` exists, that it is readable and was made by the same run: same architecture, pretrained flag and
+weights file (its SHA-256 is stored in the checkpoint); another data root or category only warns
+(:mod:`uflow_lib.validation`).
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +39,7 @@ from .feature_cache import ReplayExtractor, cached_features
 from .layouts import open_dataset, resolve_layout
 from .methods import FlowMethod, architecture, build_extractor_for, build_model, get_method, resolve
 from .runtime import pick_device, seed_everything
+from .validation import check_out_dir, check_same_run, check_train_settings, sha256_of
 
 __all__ = ["train", "TrainResult"]
 
@@ -65,6 +73,8 @@ class _Run:
     #: the extractor as the test evaluations see it (features of the test set computed once, then replayed)
     test_extractor: ReplayExtractor | None = None
     start_epoch: int = 0
+    #: epoch that ``last.pt`` holds for this run (None: not written yet)
+    saved_epoch: int | None = None
     history: list[dict] = field(default_factory=list)
     best: dict | None = None
 
@@ -75,14 +85,32 @@ def _batches(n: int, batch_size: int, seed: int) -> list[torch.Tensor]:
     return list(torch.randperm(n, generator=g).split(batch_size))
 
 
-def _completed(last: Path, cfg: TrainConfig) -> TrainResult | None:
-    """The result of a finished run of the same architecture in ``last``, or None if there is work left."""
-    if not last.is_file():
+def _completed(last: Path, ckpt: dict | None, cfg: TrainConfig) -> TrainResult | None:
+    """The result of a finished run of the same architecture (``ckpt``, read from ``last``), or None if there is
+    work left."""
+    if ckpt is None:
         return None
-    ckpt = load_checkpoint(last)
     if architecture(TrainConfig.from_dict(ckpt["config"])) != architecture(cfg) or ckpt["epoch"] < cfg.epochs:
         return None
     return TrainResult(last, ckpt["epoch"], True, ckpt["history"], ckpt.get("best_on_test"))
+
+
+def _check_before_work(cfg: TrainConfig, last: Path) -> tuple[dict | None, str | None]:
+    """Every check that needs no backbone: settings, device, output and cache folders, and, when ``last`` exists,
+    that it is readable and belongs to this run. Returns ``(last.pt's dict or None, SHA-256 of the weights file
+    or None)``."""
+    check_train_settings(cfg)
+    pick_device(cfg.device)
+    check_out_dir(cfg.out, "--out")
+    if cfg.cache_dir is not None:
+        check_out_dir(cfg.cache_dir, "--cache-dir")
+    sha = sha256_of(cfg.weights) if cfg.weights is not None else None
+    if not last.exists():
+        return None, sha
+    ckpt = load_checkpoint(last, training=True)
+    for message in check_same_run(ckpt, cfg, sha, last):
+        warnings.warn(message, stacklevel=3)
+    return ckpt, sha
 
 
 def _start(cfg: TrainConfig, progress: bool) -> _Run:
@@ -108,18 +136,14 @@ def _start(cfg: TrainConfig, progress: bool) -> _Run:
     return run
 
 
-def _resume(run: _Run, last: Path, log) -> None:
-    """Continue from ``last`` when it holds an unfinished run of the same architecture (refuse another one)."""
-    if not last.is_file():
+def _resume(run: _Run, last: Path, ckpt: dict | None, log) -> None:
+    """Continue from ``ckpt`` (read from ``last`` and checked to be this run's by :func:`_check_before_work`)."""
+    if ckpt is None:
         return
-    ckpt = load_checkpoint(last)
-    saved = architecture(TrainConfig.from_dict(ckpt["config"]))
-    if saved != architecture(run.cfg):
-        raise ValueError(f"{last} was trained with {saved}, but this run asks for {architecture(run.cfg)}; "
-                         f"use another --out folder, or delete {last} to start over")
     run.model.load_state_dict(ckpt["model"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.start_epoch, run.history, run.best = ckpt["epoch"], ckpt["history"], ckpt.get("best_on_test")
+    run.saved_epoch = run.start_epoch
     log(f"resuming from {last} after epoch {run.start_epoch}")
 
 
@@ -150,10 +174,11 @@ def _train_epoch(run: _Run, epoch: int, last: Path) -> dict:
             group["lr"] = cfg.lr * method.lr_factor(epoch + b / n_batches, cfg.epochs)
         loss = _batch_loss(run, idx, epoch, b)
         if not torch.isfinite(loss):
+            kept = ("no checkpoint was written before it diverged" if run.saved_epoch is None
+                    else f"the last good checkpoint is {last} (it holds epoch {run.saved_epoch})")
             raise FloatingPointError(
                 f"the loss became {loss.item()} at epoch {epoch + 1}, batch {b + 1}: training diverged. "
-                f"Try a smaller learning rate (--lr, now {cfg.lr:g}); the last good checkpoint is {last} "
-                f"(it holds epoch {epoch}).")
+                f"Try a smaller learning rate (--lr, now {cfg.lr:g}); {kept}.")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if method.grad_clip is not None:
@@ -198,7 +223,8 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
     cfg = resolve(resolve_layout(cfg))
     out = Path(cfg.out)
     last = out / "last.pt"
-    done = _completed(last, cfg)
+    ckpt, weights_sha256 = _check_before_work(cfg, last)
+    done = _completed(last, ckpt, cfg)
     if done is not None:  # nothing left to train: no backbone, no features
         return done
     # a test set that cannot be read (missing folder or mask, a mask for only some defect types) fails now, not
@@ -209,7 +235,8 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
         log("note: MS-CaiT on a CPU takes ~10 s per image; use a GPU (Colab) or --backbone mobilenetv2")
     run = _start(cfg, progress)
     run.test_set = test_set
-    _resume(run, last, log)
+    _resume(run, last, ckpt, log)
+    del ckpt
     t0 = t_saved = time.monotonic()
     bar = tqdm(range(run.start_epoch, cfg.epochs), desc=f"train {cfg.category}", disable=not progress,
                initial=run.start_epoch, total=cfg.epochs)
@@ -224,8 +251,8 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
         if _checkpoint_due(cfg, epoch + 1, time.monotonic() - t_saved) or stop:
             save_checkpoint(last, config=cfg.to_dict(), model=run.model.state_dict(),
                             optimizer=run.optimizer.state_dict(), epoch=epoch + 1, history=run.history,
-                            best_on_test=run.best)
-            t_saved = time.monotonic()
+                            best_on_test=run.best, weights_sha256=weights_sha256)
+            t_saved, run.saved_epoch = time.monotonic(), epoch + 1
         if stop:
             log(f"stopped after epoch {epoch + 1}/{cfg.epochs}: --max-minutes {cfg.max_minutes:g} reached; "
                 f"run the same command again to resume")
