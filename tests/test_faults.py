@@ -87,19 +87,36 @@ def test_a_real_weights_file_passes_the_key_check(mobilenet_weights):
     assert ext.channels == [32, 96]
 
 
-def test_resume_on_other_data_or_category_warns_and_continues(world, tmp_path, capsys):
+def _resume_on_copy(world, tmp_path, capsys, drop_one: bool) -> tuple[str, str, Path]:
+    """Resume ``world``'s run on a copy of its data under another root and category name (one training image
+    removed when ``drop_one``); the command's stdout, stderr and output folder."""
     out = tmp_path / "run"
     shutil.copytree(world["run"], out)
     data2 = tmp_path / "data2"
     shutil.copytree(Path(world["data"]) / "texture", data2 / "other")
+    if drop_one:
+        min(((data2 / "other" / "train" / "good").iterdir())).unlink()
     argv = ["train", "--data", str(data2), "--category", "other", "--backbone", "mobilenetv2", "--random-weights",
             "--input-size", "64", "--epochs", "2", "--batch-size", "2", "--flow-steps", "1", "--no-progress",
             "--out", str(out)]
     assert main(argv) == 0
     out_text, err = capsys.readouterr()
+    return out_text, err, out
+
+
+def test_resume_on_other_data_warns_and_continues(world, tmp_path, capsys):
+    out_text, err, out = _resume_on_copy(world, tmp_path, capsys, drop_one=True)
     assert err.startswith("warning: ") and "was trained on --data" in err and "--category texture" in err
     assert "finished: 2 epochs" in out_text
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2
+
+
+def test_resume_on_the_same_images_moved_is_silent(world, tmp_path, capsys):
+    out_text, err, out = _resume_on_copy(world, tmp_path, capsys, drop_one=False)
+    assert "was trained on --data" not in err
+    assert "finished: 2 epochs" in out_text
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and len(ckpt["data_fingerprint"]) == 64
 
 
 def test_damaged_feature_cache_is_rebuilt_with_a_warning(world, tmp_path, capsys, monkeypatch):

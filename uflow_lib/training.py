@@ -39,7 +39,7 @@ from .feature_cache import ReplayExtractor, cached_features
 from .layouts import open_dataset, resolve_layout
 from .methods import FlowMethod, architecture, build_extractor_for, build_model, get_method, resolve
 from .runtime import pick_device, seed_everything
-from .validation import check_out_dir, check_same_run, check_train_settings, sha256_of
+from .validation import check_out_dir, check_same_run, check_train_settings, data_fingerprint, sha256_of
 
 __all__ = ["train", "TrainResult"]
 
@@ -108,7 +108,11 @@ def _check_before_work(cfg: TrainConfig, last: Path) -> tuple[dict | None, str |
     if not last.exists():
         return None, sha
     ckpt = load_checkpoint(last, training=True)
-    for message in check_same_run(ckpt, cfg, sha, last):
+
+    def fingerprint() -> str:  # of this run's training images, compared with the checkpoint's if the paths differ
+        return data_fingerprint(open_dataset(cfg, "train", input_size=cfg.input_size).paths)
+
+    for message in check_same_run(ckpt, cfg, sha, last, fingerprint):
         warnings.warn(message, stacklevel=3)
     return ckpt, sha
 
@@ -251,7 +255,8 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
         if _checkpoint_due(cfg, epoch + 1, time.monotonic() - t_saved) or stop:
             save_checkpoint(last, config=cfg.to_dict(), model=run.model.state_dict(),
                             optimizer=run.optimizer.state_dict(), epoch=epoch + 1, history=run.history,
-                            best_on_test=run.best, weights_sha256=weights_sha256)
+                            best_on_test=run.best, weights_sha256=weights_sha256,
+                            data_fingerprint=data_fingerprint(run.dataset.paths))
             t_saved, run.saved_epoch = time.monotonic(), epoch + 1
         if stop:
             log(f"stopped after epoch {epoch + 1}/{cfg.epochs}: --max-minutes {cfg.max_minutes:g} reached; "

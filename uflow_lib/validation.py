@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -19,7 +19,8 @@ import torch
 __all__ = [
     "UserInputError", "CheckpointError", "DeviceError", "WeightsFileError",
     "check_train_settings", "input_size_multiple", "check_input_size", "check_device", "check_out_dir",
-    "sha256_of", "check_state_dict_file", "check_same_run", "short_reason", "why_unreadable",
+    "sha256_of", "check_state_dict_file", "data_fingerprint", "check_same_run", "short_reason",
+    "why_unreadable",
 ]
 
 
@@ -278,19 +279,30 @@ def check_state_dict_file(path: str | Path, full: Mapping[str, torch.Tensor], us
 
 
 # ------------------------------------------------------------------------------------------------- resume
+def data_fingerprint(paths: Sequence[str | Path]) -> str:
+    """Hex SHA-256 of what identifies a training set wherever it lies: each file's folder name, name and byte
+    size, in the given order. The same images moved to another root give the same fingerprint."""
+    h = hashlib.sha256()
+    for p in map(Path, paths):
+        h.update(f"{p.parent.name}/{p.name}:{p.stat().st_size}\n".encode())
+    return h.hexdigest()
+
+
 def _same_path(a: str | None, b: str | None) -> bool:
     if a is None or b is None:
         return a == b
     return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
-def check_same_run(ckpt: Mapping, cfg, weights_sha256: str | None, last: str | Path) -> list[str]:
+def check_same_run(ckpt: Mapping, cfg, weights_sha256: str | None, last: str | Path,
+                   fingerprint: Callable[[], str] | None = None) -> list[str]:
     """Refuse to resume ``last`` (its dict ``ckpt``) with a run that differs in what its weights depend on.
 
     Refused (:class:`CheckpointError`): another architecture (method, backbone, input size, seed, flow
     settings), another pretrained flag, another weights file (compared by SHA-256, stored in the checkpoint as
     ``weights_sha256``). Returned as warnings: another data root or category (a deliberate fine-tuning is
-    possible, an accident is likely).
+    possible, an accident is likely), unless ``fingerprint()`` (called only then) equals the checkpoint's
+    ``data_fingerprint``: the same training images, moved.
     """
     from .config import TrainConfig
     from .methods import architecture
@@ -317,7 +329,13 @@ def check_same_run(ckpt: Mapping, cfg, weights_sha256: str | None, last: str | P
             raise CheckpointError(f"{last} was trained with backbone weights {src(saved_cfg.weights, saved_sha)}, "
                                   f"this run passes {src(cfg.weights, weights_sha256)}; {fix}")
     warnings = []
-    if not _same_path(saved_cfg.data, cfg.data) or saved_cfg.category != cfg.category:
+    moved = False
+    if fingerprint is not None and ckpt.get("data_fingerprint") is not None:
+        try:
+            moved = ckpt["data_fingerprint"] == fingerprint()
+        except (OSError, ValueError):  # the new data cannot be listed: the warning stands, training will say why
+            moved = False
+    if (not _same_path(saved_cfg.data, cfg.data) or saved_cfg.category != cfg.category) and not moved:
         warnings.append(f"{last} was trained on --data {saved_cfg.data} --category {saved_cfg.category}; this run "
                         f"reads --data {cfg.data} --category {cfg.category} and continues that model on it "
                         f"(use another --out for a separate run)")
