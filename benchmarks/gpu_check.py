@@ -2,7 +2,7 @@
 
 Runs from the working tree alone (no ``../shared``): random backbone weights everywhere, generated data only.
 
-(a) every method of ``uflow_lib.methods.METHODS``: 2 epochs on the generated dataset on the GPU (MobileNetV2, random
+(a) every flow of ``uflow_lib.methods.FLOWS``: 2 epochs on the generated dataset on the GPU (MobileNetV2, random
     weights, the CPU recipes' 256 input), then the same checkpoint evaluated on the GPU and on the CPU, and the
     largest difference between the two sets of metrics (a method whose training fails on the GPU is recorded as
     failed, then trained on the CPU so that its GPU evaluation is still compared);
@@ -65,7 +65,7 @@ from uflow_lib.data import MVTecDataset  # noqa: E402
 from uflow_lib.evaluation import (EVAL_SIZE, compute_metrics, default_nfa_scales, evaluate_checkpoint,  # noqa: E402
                                   predict_maps)
 from uflow_lib.features import FeatureExtractor, build_extractor  # noqa: E402
-from uflow_lib.methods import METHODS, build_extractor_for, ci_config, get_method  # noqa: E402
+from uflow_lib.methods import FLOWS, build_extractor_for, ci_config, get_method  # noqa: E402
 from uflow_lib.methods.uflow import UFlow, anomaly_score_map  # noqa: E402
 from uflow_lib.nfa import tree_nfa  # noqa: E402
 from uflow_lib.runtime import seed_everything  # noqa: E402
@@ -286,7 +286,7 @@ def section_methods(ctx: Context) -> dict:
     size = ctx.sizes.method_overrides.get("input_size", 256)
     timed(ctx, lambda: warm(torch.rand(2, 3, size, size, device=ctx.device)))  # kernels loaded before timing
     rows: dict[str, dict] = {}
-    for name in METHODS:
+    for name in FLOWS:
         if ctx.over_budget():
             rows[name] = dict(status="skipped", error="time budget reached before this method")
             continue

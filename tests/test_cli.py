@@ -177,22 +177,23 @@ PARSES = [
      dict(command="train", data="D", category="bottle", out="O", method="uflow", backbone="mcait", weights=None,
           random_weights=False, epochs=None, batch_size=None, lr=None, input_size=None, flow_steps=4,
           variance_size=128, norm=None, max_minutes=None, eval_every=0, cache_dir=None, checkpoint_every=1, checkpoint_minutes=None, seed=0, device="auto",
-          no_progress=False, **NO_LAYOUT)),
+          no_progress=False, coreset_ratio=0.1, padim_channels=100, **NO_LAYOUT)),
     (["train", "--method", "sanflow", "--data", "D", "--category", "texture", "--backbone", "mobilenetv2",
       "--weights", "W.pth", "--random-weights", "--epochs", "3", "--batch-size", "4", "--lr", "1e-3",
       "--input-size", "128", "--flow-steps", "2", "--variance-size", "0", "--norm", "layernorm",
       "--max-minutes", "1.5", "--eval-every", "1", "--cache-dir", "C", "--seed", "7", "--device", "cpu",
-      "--out", "O", "--no-progress"],
+      "--out", "O", "--no-progress", "--coreset-ratio", "0.5", "--padim-channels", "50"],
      dict(command="train", data="D", category="texture", out="O", method="sanflow", backbone="mobilenetv2",
           weights="W.pth", random_weights=True, epochs=3, batch_size=4, lr=1e-3, input_size=128, flow_steps=2,
           variance_size=0, norm="layernorm", max_minutes=1.5, eval_every=1, cache_dir="C", checkpoint_every=1, checkpoint_minutes=None, seed=7, device="cpu",
-          no_progress=True, **NO_LAYOUT)),
+          no_progress=True, coreset_ratio=0.5, padim_channels=50, **NO_LAYOUT)),
     (["train", "--normal-dir", "N", "--abnormal-dir", "A", "--mask-dir", "M", "--normal-split", "0.25",
       "--split-seed", "3", "--layout", "folder", "--out", "O"],
      dict(command="train", data=None, category=None, out="O", method="uflow", backbone="mcait", weights=None,
           random_weights=False, epochs=None, batch_size=None, lr=None, input_size=None, flow_steps=4,
           variance_size=128, norm=None, max_minutes=None, eval_every=0, cache_dir=None, checkpoint_every=1,
-          checkpoint_minutes=None, seed=0, device="auto", no_progress=False, layout="folder", normal_dir="N",
+          checkpoint_minutes=None, seed=0, device="auto", no_progress=False, coreset_ratio=0.1, padim_channels=100,
+          layout="folder", normal_dir="N",
           abnormal_dir="A", mask_dir="M", normal_test_dir=None, normal_split=0.25, split_seed=3)),
     (["evaluate", "--checkpoint", "r/last.pt"],
      dict(command="evaluate", checkpoint="r/last.pt", method=None, data=None, category=None, weights=None,
@@ -216,6 +217,8 @@ PARSES = [
      dict(command="predict", checkpoint="c.pt", method=None, input="in", out="P", weights=None,
           nfa_scales=None, device="auto", out_size="640x480", overwrite=True, debug=True)),
     (["make-dataset", "--out", "G"], dict(command="make-dataset", out="G", seed=0, category="texture")),
+    (["make-validation", "--data", "D", "--category", "bottle", "--out", "V"],
+     dict(command="make-validation", data="D", category="bottle", out="V", fraction=0.2, seed=0)),
     (["reproduce", "--data", "D", "--out", "R"],
      dict(command="reproduce", data="D", out="R", categories=None, method="uflow", backbone="mcait", weights=None,
           random_weights=False, epochs=None, max_minutes=None, eval_every=0, cache_dir=None, checkpoint_every=1, checkpoint_minutes=None, download=False,
@@ -269,7 +272,7 @@ def test_epilog_examples_parse_and_render_one_per_line():
     assert max(map(len, lines)) <= 120
     commands = EPILOG.replace("\\\n", " ").splitlines()
     examples = [c.strip() for c in commands if c.strip().startswith("python -m uflow_lib ")]
-    assert len(examples) == 10
+    assert len(examples) == 11
     for example in examples:
         argv = shlex.split(example)[3:]
         args = build_parser().parse_args(argv)

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from uflow_lib.augmentation import ANOMALY_KINDS, synthesize_anomalies
 from uflow_lib.data import MVTecDataset
 from uflow_lib.features import build_extractor
-from uflow_lib.methods import METHODS, ci_config, get_method, resolve
+from uflow_lib.methods import BASELINES, FLOWS, METHODS, ci_config, get_method, resolve
 from uflow_lib.methods.msflow import msflow_anomaly_maps
 from uflow_lib.methods.sanflow import sanflow_anomaly_maps
 from uflow_lib.methods.uflow import anomaly_map, anomaly_score_map
@@ -166,7 +166,7 @@ def test_harness_module_keeps_flags(fake: FakeCuda) -> None:
 # ------------------------------------------------------------------------------------------------ the methods
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", FLOWS)
 def test_training_loss_on_fake_cuda(method: str, fake: FakeCuda, cpu_run: Callable[[str], _Run]) -> None:
     """One batch of the trainer's loss (its own setup and per-batch code) with the model on CUDA."""
     run = cpu_run(method)
@@ -200,11 +200,26 @@ def test_inference_on_fake_cuda(method: str, fake: FakeCuda, cpu_run: Callable[[
     images = fake.tensor(batch["image"])
     with fake, torch.no_grad():
         latents, parts = flow_method.infer(model, extractor, images.to(fake.device), out_size=64)
-        z2 = mean_z2(latents)
+        z2 = [("mean_z2", mean_z2(latents))] if flow_method.has_latents else []
     assert [z.shape[-1] for z in latents] == flow_method.latent_sides(model)
-    for name, t in [*(("latent", z) for z in latents), *parts.items(), ("mean_z2", z2)]:
+    assert (len(latents) > 0) == flow_method.has_latents
+    for name, t in [*(("latent", z) for z in latents), *parts.items(), *z2]:
         assert t.device.type == "cpu", f"{method}: {name} is on {t.device}; predict_maps needs it on the CPU"
         assert t.shape[0] == BATCH, f"{method}: {name} has shape {tuple(t.shape)}"
+
+
+@pytest.mark.parametrize("method", BASELINES)
+def test_baseline_fit_on_fake_cuda(method: str, fake: FakeCuda, cpu_run: Callable[[str], _Run]) -> None:
+    """A baseline's fit (memory bank, Gaussians) with the training features on the CPU, as training keeps them,
+    and the model on CUDA: what it fits lands on CUDA."""
+    run = cpu_run(method)
+    model = fake.module(run.model)
+    features = [fake.tensor(f) for f in run.features]  # on the CPU, as training keeps them
+    assert not any(_on_cuda(f) for f in features)
+    with fake:
+        get_method(method).fit(model, features)
+    for name, buf in model.named_buffers():
+        assert _on_cuda(buf), f"{method}: buffer {name} is on {buf.device}"
 
 
 @pytest.mark.parametrize("kind", ANOMALY_KINDS)

@@ -14,7 +14,7 @@ from uflow_lib.cli import main
 from uflow_lib.config import TrainConfig
 from uflow_lib.data import MVTecDataset
 from uflow_lib.evaluation import default_nfa_scales, evaluate_checkpoint, latent_sides, predict_maps
-from uflow_lib.methods import METHODS, build_extractor_for, build_model, ci_config, resolve, sanflow
+from uflow_lib.methods import FLOWS, METHODS, build_extractor_for, build_model, ci_config, resolve, sanflow
 from uflow_lib.methods.msflow import msflow_lr_lambda
 from uflow_lib.scoring import mean_z2
 
@@ -41,14 +41,16 @@ def _trainable(model: torch.nn.Module) -> int:
 
 def test_each_method_reads_its_own_stages_and_has_the_documented_size():
     """Stages and parameter counts at 256 with MobileNetV2 (counts derived by hand in msflow.py / sanflow.py)."""
-    want = {"uflow": ([32, 96], [32, 16]), "msflow": ([24, 32, 96], [64, 32, 16]), "sanflow": ([32, 96, 320], [32, 16, 8])}
+    want = {"uflow": ([32, 96], [32, 16]), "msflow": ([24, 32, 96], [64, 32, 16]), "sanflow": ([32, 96, 320], [32, 16, 8]),
+            "patchcore": ([32, 96], [32, 16]), "padim": ([24, 32, 96], [64, 32, 16])}
     for method in METHODS:
         cfg = resolve(TrainConfig(data=".", category="texture", out=".", method=method, backbone="mobilenetv2",
                           pretrained=False))
         extractor = build_extractor_for(cfg)
         assert (extractor.channels, extractor.feature_sizes(256)) == want[method]
         model = build_model(cfg, extractor)
-        assert latent_sides(model) == {"uflow": [32, 16], "msflow": [32, 16, 8], "sanflow": [32, 16, 8]}[method]
+        assert latent_sides(model) == {"uflow": [32, 16], "msflow": [32, 16, 8], "sanflow": [32, 16, 8],
+                                       "patchcore": [], "padim": []}[method]
     msflow = build_model(ci_config(".", ".", method="msflow"), build_extractor_for(ci_config(".", ".", method="msflow")))
     assert _trainable(msflow) == 2_374_482
     san_cfg = ci_config(".", ".", method="sanflow")
@@ -125,7 +127,7 @@ def test_sanflow_nfa_latents_are_standardised_by_the_predicted_variance(tiny_roo
     assert parts["log_prob0"].shape == (2, 16, 16) and parts["variance2"].shape == (2, 4, 4)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", FLOWS)
 def test_evaluate_any_method(tiny_root, tmp_path, method):
     res = training.train(_cfg(tiny_root, tmp_path, method), progress=False)
     m = evaluate_checkpoint(str(res.checkpoint), progress=False)

@@ -1,7 +1,8 @@
-"""Command line: ``python -m uflow_lib {train,evaluate,predict,make-dataset,download,reproduce}``; ``--help`` for
-details.
+"""Command line: ``python -m uflow_lib {train,evaluate,predict,make-dataset,make-validation,download,reproduce}``;
+``--help`` for details.
 
-``train`` and ``reproduce`` take ``--method uflow|msflow|sanflow``; ``evaluate`` and ``predict`` read the method
+``train`` and ``reproduce`` take ``--method uflow|msflow|sanflow`` or a baseline, ``patchcore|padim`` (fitted in
+one pass; no NFA); ``evaluate`` and ``predict`` read the method
 from the checkpoint (``--method`` there only checks it). ``train``, ``evaluate`` and ``reproduce`` read MVTec AD,
 BTAD or a folder of normal and abnormal images (``--layout``, :mod:`uflow_lib.layouts`).
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from .config import DEFAULT_INPUT_SIZE, LAYOUTS, TrainConfig
 from .download import URL_ENV, DownloadError
-from .methods import METHODS
+from .methods import BASELINES, METHODS
 from .validation import UserInputError
 
 __all__ = ["main", "build_parser"]
@@ -39,6 +40,10 @@ examples:
   # the same data with MSFlow or SANFlow (book chapter 7; CNN backbones only)
   python -m uflow_lib train --method msflow --data data/generated --category texture --backbone mobilenetv2 \\
       --weights ../shared/weights/mobilenetv2_100_imagenet_from_tflite.pth --epochs 30 --lr 1e-3 --out runs/msflow
+
+  # the baselines on the same features: fitted in one pass (no epochs, no NFA)
+  python -m uflow_lib train --method patchcore --data data/generated --category texture --backbone mobilenetv2 \\
+      --weights ../shared/weights/mobilenetv2_100_imagenet_from_tflite.pth --out runs/patchcore
 
   # MVTec AD (4.9 GB): download it, or unpack a copy downloaded by hand (e.g. kept on Google Drive)
   python -m uflow_lib download --data mvtec_ad --categories bottle
@@ -92,8 +97,9 @@ def _method_select_parent() -> argparse.ArgumentParser:
     """``--method`` that chooses what to train: train, reproduce."""
     p = _parent()
     p.add_argument("--method", default="uflow", choices=METHODS,
-                   help="flow method to train (default: uflow, the paper's; msflow and sanflow need a CNN backbone "
-                        "and use their own recipes)")
+                   help="method to train (default: uflow, the paper's; msflow and sanflow need a CNN backbone "
+                        "and use their own recipes); the baselines patchcore and padim (padim: CNN backbones) are "
+                        "fitted in one pass, without epochs or learning rate, and have no NFA")
     return p
 
 
@@ -231,6 +237,11 @@ def _add_train(sub) -> None:
                    help=f"image side in pixels (default: {DEFAULT_INPUT_SIZE['mcait']} for mcait, which needs it; "
                         f"{DEFAULT_INPUT_SIZE['mobilenetv2']} for CNN backbones)")
     p.add_argument("--flow-steps", type=int, default=4, help="U-Flow: coupling blocks per flow stage (default: 4)")
+    p.add_argument("--coreset-ratio", type=float, default=0.1,
+                   help="PatchCore: fraction of the training patch features kept in the memory bank by the greedy "
+                        "coreset (default 0.1; 1 keeps them all)")
+    p.add_argument("--padim-channels", type=int, default=100,
+                   help="PaDiM: size of the random channel subset (default 100, the paper's for ResNet18)")
     p.add_argument("--variance-size", type=int, default=128,
                    help="SANFlow: image side the variance network sees (0 = the full input; default 128)")
     p.add_argument("--norm", choices=["standardize", "layernorm", "layernorm_noaffine", "identity"],
@@ -286,6 +297,21 @@ def _add_make_dataset(sub) -> None:
     p.add_argument("--category", default="texture")
 
 
+def _add_make_validation(sub) -> None:
+    p = sub.add_parser("make-validation",
+                       help="write a validation set from the training images: held-out normal images plus "
+                            "synthetic anomalies (choose settings on it, not on the test set)",
+                       description="From <data>/<category>/train/good, write <out>/<category>/ in MVTec's layout: "
+                                   "train/good (the images not held out, linked), test/good (the held-out ones) and "
+                                   "test/synthetic with ground_truth/synthetic (each held-out image with one synthetic "
+                                   "anomaly and its mask). Train and evaluate on it with --data <out>.")
+    p.add_argument("--data", required=True, help="MVTec-layout root holding <category>/train/good")
+    p.add_argument("--category", required=True)
+    p.add_argument("--out", required=True, help="root folder to write (<out>/<category>/...)")
+    p.add_argument("--fraction", type=float, default=0.2, help="fraction of train/good held out (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and of the anomalies (default 0)")
+
+
 def _add_download(sub) -> None:
     head = _parent()
     head.add_argument("--data", required=True, help="folder to unpack MVTec AD into (<data>/<category>/...)")
@@ -330,11 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{train,evaluate,predict,make-dataset,download,reproduce}")
+                                metavar="{train,evaluate,predict,make-dataset,make-validation,download,reproduce}")
     _add_train(sub)
     _add_evaluate(sub)
     _add_predict(sub)
     _add_make_dataset(sub)
+    _add_make_validation(sub)
     _add_download(sub)
     _add_reproduce(sub)
     for p in sub.choices.values():  # one definition everywhere; absent from the namespace unless given
@@ -350,11 +377,15 @@ def _train(a) -> int:
         data=a.data, category=a.category, out=a.out, method=a.method, variance_size=a.variance_size,
         backbone=a.backbone, weights=a.weights,
         pretrained=not a.random_weights, input_size=a.input_size, epochs=a.epochs, batch_size=a.batch_size,
-        lr=a.lr, flow_steps=a.flow_steps, norm=a.norm, seed=a.seed, max_minutes=a.max_minutes,
+        lr=a.lr, flow_steps=a.flow_steps, coreset_ratio=a.coreset_ratio, padim_channels=a.padim_channels,
+        norm=a.norm, seed=a.seed, max_minutes=a.max_minutes,
         eval_every=a.eval_every, cache_dir=a.cache_dir, device=a.device, checkpoint_every=a.checkpoint_every,
         checkpoint_minutes=a.checkpoint_minutes, **_layout_options(a),
     )
     res = train(cfg, progress=not a.no_progress)
+    if a.method in BASELINES:
+        print(f"fitted ({a.method} has no epochs): checkpoint {res.checkpoint}")
+        return 0
     state = "finished" if res.finished else "stopped early (run again to resume)"
     print(f"{state}: {res.epochs_done} epochs, checkpoint {res.checkpoint}")
     return 0
@@ -421,6 +452,14 @@ def _make_dataset(a) -> int:
     return 0
 
 
+def _make_validation(a) -> int:
+    from .validation_split import make_validation_set
+
+    path = make_validation_set(a.data, a.category, a.out, fraction=a.fraction, seed=a.seed)
+    print(f"wrote {path / a.category} (train with --data {path} --category {a.category})")
+    return 0
+
+
 def _fetch_mvtec(a, categories: list[str] | None) -> None:
     """The MVTec AD options of ``download`` and ``reproduce`` passed to :func:`~uflow_lib.download.download_mvtec`."""
     from .download import download_mvtec
@@ -477,6 +516,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"train": _train, "evaluate": _evaluate, "predict": _predict, "make-dataset": _make_dataset,
+                "make-validation": _make_validation,
                 "download": _download, "reproduce": _reproduce}
     debug = getattr(args, "debug", False)
     with warnings.catch_warnings():

@@ -36,7 +36,8 @@ class TrainConfig:
     #: category (product) folder under ``data``; folder layout: the run's name (None: the normal folder's name)
     category: str | None
     out: str
-    #: "uflow" (the paper), "msflow" or "sanflow" (book chapter 7); see uflow_lib.methods.METHODS
+    #: "uflow" (the paper), "msflow" or "sanflow", or the baselines "patchcore" and "padim" (book chapter 7); see
+    #: uflow_lib.methods.METHODS
     method: str = "uflow"
     backbone: str = "mcait"
     #: MS-CaiT only: self-attention blocks used at 448 and 224; None → the paper's (41, 21). Fewer, with random
@@ -54,6 +55,10 @@ class TrainConfig:
     weight_decay: float = 1e-5
     #: SANFlow only: side of the image the variance network sees (0: the full input; 128 keeps a CPU epoch short)
     variance_size: int = 128
+    #: PatchCore only: fraction of the training patch features the greedy coreset keeps in the memory bank (1: all)
+    coreset_ratio: float = 0.1
+    #: PaDiM only: size d of the random channel subset, paper: 100 (ResNet18)
+    padim_channels: int = 100
     #: U-Flow only: AllInOneBlocks per flow stage, paper: 4
     flow_steps: int = 4
     #: U-Flow only: feature normalisation (see uflow_lib.methods.uflow); None → "identity" for mcait,

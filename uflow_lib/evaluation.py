@@ -29,7 +29,7 @@ from .nfa_block import block_nfa
 from .runtime import pick_device
 from .scoring import mean_z2
 
-__all__ = ["default_nfa_scales", "latent_sides", "predict_maps", "compute_metrics", "evaluate_model", "evaluate_checkpoint", "EVAL_SIZE",
+__all__ = ["nfa_not_applicable", "default_nfa_scales", "latent_sides", "predict_maps", "compute_metrics", "evaluate_model", "evaluate_checkpoint", "EVAL_SIZE",
            "MASK_METRICS", "NO_MASKS", "no_masks_note", "open_test_set"]
 
 #: The paper's evaluation resolution.
@@ -85,10 +85,13 @@ def predict_maps(
     −log10 NFA (when ``nfa`` is ``"tree"`` or ``"block"``; ``None`` skips it), and the method's extra parts
     (MSFlow: ``score_pro``; SANFlow: ``log_prob<l>``, ``variance<l>``). ``keep_latents``: also ``latents``, the
     NFA latents of the whole set (list over scales of ``(N, C_s, h_s, w_s)`` float32 tensors; for SANFlow z/σ).
+    The baselines (PatchCore, PaDiM) have no latents: no ``mean_z2``, and ``nfa`` must be None.
     """
     if nfa not in (None, "tree", "block"):
         raise ValueError(f"nfa must be 'tree', 'block' or None, got {nfa!r}")
     flow_method = method_of(model)
+    if nfa is not None and not flow_method.has_latents:
+        raise ValueError(nfa_not_applicable(flow_method.name))
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     has_masks = getattr(dataset, "has_masks", True)
@@ -98,7 +101,8 @@ def predict_maps(
         z, parts = flow_method.infer(model, extractor, batch["image"].to(device), out_size)
         for k, v in parts.items():
             out.setdefault(k, []).append(v.numpy())
-        out["mean_z2"].append(mean_z2(z).numpy())
+        if flow_method.has_latents:
+            out["mean_z2"].append(mean_z2(z).numpy())
         if keep_latents:
             latents.append(z)
         if has_masks:
@@ -117,7 +121,8 @@ def predict_maps(
 
 
 def compute_metrics(pred: dict[str, np.ndarray]) -> dict[str, float | None]:
-    """Metrics on 0–1 scale: pixel/image AUROC, AUPRO (FPR ≤ 0.3), mean z² of normal images, mIoU (with NFA).
+    """Metrics on 0–1 scale: pixel/image AUROC, AUPRO (FPR ≤ 0.3), mean z² of normal images (flows only), mIoU
+    (with NFA).
 
     AUPRO is computed on ``score_pro`` where the method has one (MSFlow's product map, as its paper), and then
     also on ``score`` as ``aupro_pixel_map``. When ``pred["mask"]`` is None (no ground truth), the metrics of
@@ -128,8 +133,10 @@ def compute_metrics(pred: dict[str, np.ndarray]) -> dict[str, float | None]:
         pixel_auroc=None if masks is None else M.pixel_auroc(pred["score"], masks),
         image_auroc=M.image_auroc(pred["image_score"], pred["label"]),
         aupro=None if masks is None else M.aupro(pred.get("score_pro", pred["score"]), masks),
-        mean_z2_normal=float(pred["mean_z2"][pred["label"] == 0].mean()) if (pred["label"] == 0).any() else float("nan"),
     )
+    if "mean_z2" in pred:  # the flows' latents (the baselines have none)
+        res["mean_z2_normal"] = (float(pred["mean_z2"][pred["label"] == 0].mean()) if (pred["label"] == 0).any()
+                                 else float("nan"))
     if "score_pro" in pred:
         res["aupro_pixel_map"] = None if masks is None else M.aupro(pred["score"], masks)
     if "nfa" in pred:
@@ -141,6 +148,12 @@ def compute_metrics(pred: dict[str, np.ndarray]) -> dict[str, float | None]:
         res["false_detections_normal"] = float(((pred["nfa"] > 0).reshape(len(pred["label"]), -1).any(1)
                                                 & (pred["label"] == 0)).sum())
     return {k: None if v is None else float(v) for k, v in res.items()}
+
+
+def nfa_not_applicable(method: str) -> str:
+    """Why the NFA is not computed for a baseline ``method``."""
+    return (f"the NFA does not apply to {method}: it has no latents that are N(0, I) under the null hypothesis, "
+            f"so there is no a contrario threshold (pass --no-nfa, or use a flow: uflow, msflow, sanflow)")
 
 
 def no_masks_note(dataset) -> str:
@@ -177,7 +190,13 @@ def evaluate_model(
         dataset = open_test_set(cfg)
     if not dataset.has_masks and log is not None:
         log(no_masks_note(dataset))
-    if kwargs.get("nfa_scales") is None:
+    if not method_of(model).has_latents:
+        if kwargs.get("nfa_scales") is not None:
+            raise ValueError(f"--nfa-scales: {nfa_not_applicable(cfg.method)}")
+        if nfa and log is not None:
+            log(f"note: {nfa_not_applicable(cfg.method).split(' (pass')[0]}; its mIoU metrics are not computed.")
+        nfa = False
+    elif kwargs.get("nfa_scales") is None:
         kwargs["nfa_scales"] = default_nfa_scales(cfg.backbone, len(model.channels), latent_sides(model))
     pred = predict_maps(model, extractor, dataset, device, nfa="tree" if nfa else None, progress=progress, **kwargs)
     return compute_metrics(pred)

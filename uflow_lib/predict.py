@@ -16,7 +16,7 @@ from PIL import Image
 
 from .checkpoint import load_trained
 from .data import IMAGE_EXTENSIONS, load_image
-from .evaluation import EVAL_SIZE, default_nfa_scales, latent_sides
+from .evaluation import EVAL_SIZE, default_nfa_scales, latent_sides, nfa_not_applicable
 from .methods import get_method
 from .nfa import tree_nfa
 from .runtime import pick_device
@@ -99,7 +99,8 @@ def predict_files(
     overwrite: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[Path]:
-    """Write ``<stem>_anomaly.png`` and ``<stem>_nfa_mask.png`` ({0, 255}) per image, for a model of any method.
+    """Write ``<stem>_anomaly.png`` and ``<stem>_nfa_mask.png`` ({0, 255}) per image, for a model of any method
+    (the baselines have no NFA: only ``<stem>_anomaly.png``).
 
     The anomaly PNG is the method's pixel score map scaled to 8-bit gray, 0 = the lowest and 255 = the highest
     score over all the given images (one scale for the whole set, so images can be compared). SANFlow's maps
@@ -118,7 +119,7 @@ def predict_files(
     Returns
     -------
     list of Path
-        The files written, two per readable image.
+        The files written, two per readable image (one for a baseline).
     """
     dev = pick_device(device)
     files = list_images(inputs)
@@ -132,9 +133,14 @@ def predict_files(
         raise FileExistsError(f"--out {out} already holds {len(existing)} of the output files (e.g. {existing[0]}); "
                               f"pass --overwrite to replace them, or another --out")
     cfg, extractor, model, _ = load_trained(checkpoint, dev, weights)
-    if nfa_scales is None:
-        nfa_scales = default_nfa_scales(cfg.backbone, len(model.channels), latent_sides(model))
     method = get_method(cfg.method)
+    if not method.has_latents:
+        if nfa_scales is not None:
+            raise ValueError(f"--nfa-scales: {nfa_not_applicable(cfg.method)}")
+        log(f"note: no <stem>_nfa_mask.png: {nfa_not_applicable(cfg.method).split(' (pass')[0]}")
+    elif nfa_scales is None:
+        nfa_scales = default_nfa_scales(cfg.backbone, len(model.channels), latent_sides(model))
+    suffixes = SUFFIXES if method.has_latents else SUFFIXES[:1]
     parts: dict[str, list] = {}
     kept: list[tuple[Path, str, tuple[int, int], np.ndarray]] = []  # file, output stem, (W, H), NFA mask
     for f, name in zip(files, names):
@@ -148,7 +154,7 @@ def predict_files(
         z, p = method.infer(model, extractor, image, EVAL_SIZE)
         for k, v in p.items():
             parts.setdefault(k, []).append(v.numpy())
-        mask = tree_nfa(z, EVAL_SIZE, scales=nfa_scales)[0, 0].numpy() > 0  # (S, S): −log10 NFA > 0
+        mask = tree_nfa(z, EVAL_SIZE, scales=nfa_scales)[0, 0].numpy() > 0 if method.has_latents else None  # (S, S)
         kept.append((f, name, out_size or size, mask))
     if not kept:
         raise ValueError(f"none of the {len(files)} images in {inputs} could be read (see the lines above)")
@@ -158,8 +164,8 @@ def predict_files(
     written = []
     for (f, name, size, mask), s in zip(kept, score):
         gray = np.round(255 * (_resized(s, size, Image.BILINEAR) - lo) / (hi - lo if hi > lo else 1.0))  # (H, W)
-        binary = 255 * (_resized(mask.astype(np.float32), size, Image.NEAREST) > 0.5)  # (H, W) in {0, 255}
-        for suffix, arr in zip(SUFFIXES, (gray, binary)):
+        binary = None if mask is None else 255 * (_resized(mask.astype(np.float32), size, Image.NEAREST) > 0.5)
+        for suffix, arr in zip(suffixes, (gray, binary)):  # binary: (H, W) in {0, 255}
             p = out / f"{name}_{suffix}.png"
             Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(p)
             written.append(p)

@@ -70,7 +70,7 @@ def _row(category: str, metrics: dict, best: dict | None) -> dict:
     paper = PAPER_RESULTS.get(category) if method == "uflow" else None  # the U-Flow paper's numbers
     row = dict(method=method, category=category, epochs=metrics["epoch"], pixel_auroc=_pct(metrics["pixel_auroc"]),
                aupro=_pct(metrics["aupro"]), miou_auto=metrics.get("miou_auto"), miou_oracle=metrics.get("miou_oracle"),
-               image_auroc=100 * metrics["image_auroc"], mean_z2_normal=metrics["mean_z2_normal"])
+               image_auroc=100 * metrics["image_auroc"], mean_z2_normal=metrics.get("mean_z2_normal"))
     if paper:
         row.update(paper_pixel_auroc=paper[0], paper_aupro=paper[1], paper_miou_auto=paper[2],
                    paper_miou_oracle=paper[3])

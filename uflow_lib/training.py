@@ -77,6 +77,8 @@ class _Run:
     saved_epoch: int | None = None
     history: list[dict] = field(default_factory=list)
     best: dict | None = None
+    #: seconds :meth:`~uflow_lib.methods.base.FlowMethod.fit` took (the whole training of a baseline)
+    fit_seconds: float = 0.0
 
 
 def _batches(n: int, batch_size: int, seed: int) -> list[torch.Tensor]:
@@ -134,8 +136,11 @@ def _start(cfg: TrainConfig, progress: bool) -> _Run:
         raw = cached_features(extractor, dataset, cfg.cache_dir, key, device=device, progress=progress,
                               desc="train features")
         features = method.prepare(raw)
-        method.fit(model, features)
+    t_fit = time.monotonic()
+    if features is not None:
+        method.fit(model, features, progress=progress)
     run = _Run(cfg, method, device, extractor, model, dataset, features, images)
+    run.fit_seconds = time.monotonic() - t_fit
     run.optimizer = method.optimizer(cfg, model)
     return run
 
@@ -145,7 +150,8 @@ def _resume(run: _Run, last: Path, ckpt: dict | None, log) -> None:
     if ckpt is None:
         return
     run.model.load_state_dict(ckpt["model"])
-    run.optimizer.load_state_dict(ckpt["optimizer"])
+    if run.optimizer is not None:
+        run.optimizer.load_state_dict(ckpt["optimizer"])
     run.start_epoch, run.history, run.best = ckpt["epoch"], ckpt["history"], ckpt.get("best_on_test")
     run.saved_epoch = run.start_epoch
     log(f"resuming from {last} after epoch {run.start_epoch}")
@@ -194,6 +200,15 @@ def _train_epoch(run: _Run, epoch: int, last: Path) -> dict:
                 seconds=time.monotonic() - t_epoch)
 
 
+def _save_fitted(run: _Run, last: Path, weights_sha256: str | None) -> TrainResult:
+    """Write ``last.pt`` of a fitted baseline (one "epoch": the fit, no loss, no optimizer state)."""
+    record = dict(epoch=1, loss=None, loss_per_dim=None, seconds=run.fit_seconds)
+    save_checkpoint(last, config=run.cfg.to_dict(), model=run.model.state_dict(), optimizer={}, epoch=1,
+                    history=[record], best_on_test=None, weights_sha256=weights_sha256,
+                    data_fingerprint=data_fingerprint(run.dataset.paths))
+    return TrainResult(last, 1, True, [record], None)
+
+
 def _track_best_on_test(run: _Run, record: dict, out: Path, log) -> None:
     """Evaluate on the test set, add the metrics to ``record``, keep ``best_on_test.pt`` (labelled as such).
 
@@ -238,6 +253,8 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
     if pick_device(cfg.device).type == "cpu" and cfg.backbone == "mcait":
         log("note: MS-CaiT on a CPU takes ~10 s per image; use a GPU (Colab) or --backbone mobilenetv2")
     run = _start(cfg, progress)
+    if not run.method.trainable:  # a baseline: fitting was the training
+        return _save_fitted(run, last, weights_sha256)
     run.test_set = test_set
     _resume(run, last, ckpt, log)
     del ckpt

@@ -92,12 +92,19 @@ def check_train_settings(cfg) -> None:
     whole("epochs", "--epochs", cfg.epochs, 1, 30)
     whole("batch_size", "--batch-size", cfg.batch_size, 1, 8)
     whole("flow_steps", "--flow-steps", cfg.flow_steps, 1, 4)
+    whole("padim_channels", "--padim-channels", cfg.padim_channels, 1, 100)
+    if not (isinstance(cfg.coreset_ratio, (int, float)) and 0 < cfg.coreset_ratio <= 1):
+        raise UserInputError(f"--coreset-ratio must be a fraction in (0, 1], got {cfg.coreset_ratio!r}; pass e.g. "
+                             "--coreset-ratio 0.1 (1 keeps every patch feature)")
     whole("eval_every", "--eval-every", cfg.eval_every, 0, 5)
     whole("variance_size", "--variance-size", cfg.variance_size, 0, 128)
     whole("seed", "--seed", cfg.seed, 0, 0)
     if cfg.seed >= 2 ** 32:
         raise UserInputError(f"--seed must be below 2**32 (numpy's limit), got {cfg.seed}; pass e.g. --seed 0")
-    if not (isinstance(cfg.lr, (int, float)) and math.isfinite(cfg.lr) and cfg.lr > 0):
+    from .methods import get_method
+
+    trainable = get_method(cfg.method).trainable
+    if trainable and not (isinstance(cfg.lr, (int, float)) and math.isfinite(cfg.lr) and cfg.lr > 0):
         raise UserInputError(f"--lr must be a positive finite learning rate, got {cfg.lr!r}; pass e.g. --lr 1e-3")
     if cfg.max_minutes is not None and not (math.isfinite(cfg.max_minutes) and cfg.max_minutes >= 0):
         raise UserInputError(f"--max-minutes must be >= 0 minutes, got {cfg.max_minutes!r}; pass e.g. "

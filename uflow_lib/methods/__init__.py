@@ -1,4 +1,5 @@
-"""The methods, one file each: U-Flow (:mod:`.uflow`), MSFlow (:mod:`.msflow`), SANFlow (:mod:`.sanflow`).
+"""The methods, one file each: the flows U-Flow (:mod:`.uflow`), MSFlow (:mod:`.msflow`), SANFlow (:mod:`.sanflow`),
+and the baselines they are measured against, PatchCore (:mod:`.patchcore`) and PaDiM (:mod:`.padim`).
 
 This package's front is what the rest of the library asks of a method, always by the method's name read from
 a config or a checkpoint, or from the model itself (:func:`method_of`), never by a default:
@@ -15,17 +16,23 @@ import torch
 
 from ..config import TrainConfig
 from ..features import FeatureExtractor, build_extractor
-from .base import FlowMethod, Recipe
+from .base import FlowMethod, Recipe, StatisticalMethod
 from .msflow import MSFlowMethod
+from .padim import PaDiMMethod
+from .patchcore import PatchCoreMethod
 from .sanflow import SANFlowMethod
 from .uflow import UFlowMethod
 
-__all__ = ["METHODS", "FlowMethod", "Recipe", "get_method", "method_of", "resolve", "architecture",
+__all__ = ["METHODS", "FLOWS", "BASELINES", "FlowMethod", "StatisticalMethod", "Recipe", "get_method", "method_of", "resolve", "architecture",
            "build_extractor_for", "build_model", "ci_config"]
 
-_REGISTRY: dict[str, FlowMethod] = {m.name: m for m in (UFlowMethod(), MSFlowMethod(), SANFlowMethod())}
+_REGISTRY: dict[str, FlowMethod] = {m.name: m for m in (UFlowMethod(), MSFlowMethod(), SANFlowMethod(),
+                                                         PatchCoreMethod(), PaDiMMethod())}
 #: The names ``--method`` accepts.
 METHODS: tuple[str, ...] = tuple(_REGISTRY)
+#: The normalizing flows (trained by gradient descent; the NFA applies) and the fitted baselines.
+FLOWS: tuple[str, ...] = tuple(n for n, m in _REGISTRY.items() if m.trainable)
+BASELINES: tuple[str, ...] = tuple(n for n, m in _REGISTRY.items() if not m.trainable)
 
 
 def get_method(name: str) -> FlowMethod:

@@ -36,7 +36,7 @@ from torch import nn
 
 from ..config import DEFAULT_INPUT_SIZE, TrainConfig
 
-__all__ = ["Recipe", "FlowMethod", "Batch", "check_cnn_backbone"]
+__all__ = ["Recipe", "FlowMethod", "StatisticalMethod", "Batch", "check_cnn_backbone"]
 
 #: A training batch: ``{"features": list of (B, C_s, h_s, w_s)}`` for cached methods, or
 #: ``{"images": (B, 3, S, S) in [0, 1], "rng": numpy Generator}`` for methods that augment images (SANFlow).
@@ -73,6 +73,10 @@ class FlowMethod:
     cpu_recipe: Recipe = Recipe(30, 8, 1e-3)
     #: other fields of that CPU configuration (e.g. SANFlow's smaller variance-network input)
     cpu_overrides: dict = {}
+    #: learnt by gradient descent over epochs; False: :meth:`fit` is the whole training (the baselines)
+    trainable: bool = True
+    #: :meth:`infer` returns latents that are N(0, I) under the null hypothesis, so mean z² and the NFA apply
+    has_latents: bool = True
 
     # ---------------------------------------------------------------------------------------- settings
     def recipe(self, category: str) -> Recipe:
@@ -111,7 +115,7 @@ class FlowMethod:
         """A fresh model for prepared features of ``channels`` × ``sizes``², fine → coarse."""
         raise NotImplementedError
 
-    def fit(self, model: nn.Module, features: Sequence[torch.Tensor]) -> None:
+    def fit(self, model: nn.Module, features: Sequence[torch.Tensor], progress: bool = False) -> None:
         """Anything fitted once on the prepared training features before training (default: nothing)."""
 
     def optimizer(self, cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -145,3 +149,31 @@ class FlowMethod:
         """Parts of a whole set → ``score`` ``(N, S, S)`` (higher = more anomalous), ``image_score`` ``(N,)``
         and optionally ``score_pro`` ``(N, S, S)``, the map the method's paper computes AUPRO on."""
         return parts
+
+
+class StatisticalMethod(FlowMethod):
+    """A baseline that is fitted, not trained: one pass over the training features (:meth:`fit`) makes the
+    model (a memory bank, Gaussian statistics). It has no epochs, no learning rate and no latents, so the NFA and
+    mean z² do not apply to it."""
+
+    trainable = False
+    has_latents = False
+    cpu_recipe = Recipe(1, 8, 0.0)
+
+    def recipe(self, category: str) -> Recipe:
+        return self.cpu_recipe
+
+    def resolve(self, cfg: TrainConfig) -> TrainConfig:
+        for option, value, unset in (("--epochs", cfg.epochs, (None, 1)), ("--lr", cfg.lr, (None, 0.0)),
+                                     ("--eval-every", cfg.eval_every, (0,))):
+            if value not in unset:
+                from ..validation import UserInputError
+                raise UserInputError(f"{option} {value:g} does not apply to {self.name}: it is fitted in one pass over "
+                                     f"the training images, not trained; drop {option}")
+        return super().resolve(cfg)
+
+    def optimizer(self, cfg: TrainConfig, model: nn.Module) -> None:
+        return None
+
+    def latent_sides(self, model: nn.Module) -> list[int]:
+        return []

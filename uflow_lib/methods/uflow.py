@@ -382,7 +382,7 @@ class UFlowMethod(FlowMethod):
         torch.manual_seed(cfg.seed)
         return UFlow(channels, sizes, cfg.flow_steps, cfg.norm, cfg.seed)
 
-    def fit(self, model, features):
+    def fit(self, model, features, progress=False):
         model.fit_normalisation(features)
 
     def optimizer(self, cfg, model):
