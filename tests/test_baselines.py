@@ -77,10 +77,10 @@ def _greedy_reference(x: np.ndarray, n: int, first: int) -> list[int]:
 
 
 def test_greedy_coreset_is_the_farthest_point_rule():
-    x = torch.randn(500, 8, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(500, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     idx = greedy_coreset(x, 40, seed=3)
     assert idx.shape == (40,) and len(set(idx.tolist())) == 40
-    assert idx.tolist() == _greedy_reference(x.numpy().astype(np.float64), 40, int(idx[0]))
+    assert idx.tolist() == _greedy_reference(x.numpy(), 40, int(idx[0]))
     # the covering radius shrinks as the coreset grows, and the chosen rows cover x better than random rows do
     radius = lambda rows: torch.cdist(x, x[rows]).min(1).values.max().item()  # noqa: E731
     assert radius(idx) < radius(greedy_coreset(x, 10, seed=3))

@@ -307,3 +307,39 @@ def test_soft_permutations_only_up_to_1024_channels_by_default():
     narrow, wide = (flow.module_list[0].w_perm.detach().flatten() for flow in model.flows)
     assert not set(narrow.unique().tolist()) <= {0.0, 1.0}  # a random rotation (CFLOW-AD's)
     assert set(wide.unique().tolist()) == {0.0, 1.0}  # a hard permutation: scipy's O(C³) draw skipped
+
+
+def test_fast_paths_compute_the_same_loss_and_gradients(monkeypatch):
+    """The factored condition and channels-last convolutions (FAST_PATHS) change the computation, not the loss:
+    the same loss and gradients as the plain path on one batch, and the same latents in both directions."""
+    from uflow_lib.features import build_extractor
+    from uflow_lib.methods import sanflow as sf
+
+    torch.manual_seed(0)
+    extractor = build_extractor("mobilenetv2", pretrained=False, out_indices=(2, 3, 4))
+    model = sf.SANFlow(extractor.channels, seed=0, sizes=[8, 4, 2], variance_size=32)
+    images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    method = sf.SANFlowMethod()
+
+    def loss_and_grads(fast: bool):
+        monkeypatch.setattr(sf, "FAST_PATHS", fast)
+        model.zero_grad()
+        loss = method.loss(model, extractor, dict(images=images, rng=np.random.default_rng(5)))
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    (l_fast, g_fast), (l_plain, g_plain) = loss_and_grads(True), loss_and_grads(False)
+    torch.testing.assert_close(l_fast, l_plain, rtol=1e-5, atol=1e-6)
+    assert g_fast.keys() == g_plain.keys() and len(g_fast) == sum(p.requires_grad for p in model.parameters())
+    for name in g_fast:
+        err = (g_fast[name] - g_plain[name]).abs().max().item()
+        assert err <= 1e-4 * g_plain[name].abs().max().item() + 1e-7, (name, err, g_plain[name].abs().max().item())
+    x = torch.randn(2, extractor.channels[0], 8, 8)
+    for fast in (True, False):
+        monkeypatch.setattr(sf, "FAST_PATHS", fast)
+        z, log_det = model.flow_layer(0, x)
+        back, _ = model.flow_layer(0, z, rev=True)
+        torch.testing.assert_close(back, x, rtol=1e-4, atol=1e-4)
+    subnet = next(m for m in model.modules() if isinstance(m, sf.FactoredSubnet))
+    assert subnet.period is None  # the plain path was the last one run
+    assert list(dict(subnet.named_parameters())) == ["0.weight", "0.bias", "2.weight", "2.bias"]  # nn.Sequential's keys

@@ -28,7 +28,8 @@ features. Nothing is learnt by gradient descent: "training" fits the memory bank
 
 Memory: the bank holds ``coreset_ratio`` × N × h × w features of C float32 — for bottle at 256 with MobileNetV2
 (209 images, 32² positions, C = 128) 21,401 × 128 × 4 B ≈ 11 MB (110 MB with the full bank). Distances are
-computed in chunks of query rows (:func:`nearest`), so scoring needs at most ``chunk`` × |M| floats at a time.
+computed in chunks of query rows (:func:`nearest`), so scoring needs at most :data:`DISTANCE_BLOCK` floats
+(256 MB) of distances at a time.
 
 The NFA does not apply: PatchCore has no latents that are N(0, I) under the null hypothesis, so there is no
 a contrario threshold and no mean z² (evaluation says so and skips them).
@@ -58,12 +59,14 @@ from ..config import TrainConfig
 from .base import Recipe, StatisticalMethod
 
 __all__ = ["patch_features", "nearest", "greedy_coreset", "smooth_maps", "PatchCore", "PatchCoreMethod",
-           "PROJECTION_DIM", "N_NEIGHBOURS", "SMOOTHING_SIGMA"]
+           "PROJECTION_DIM", "N_NEIGHBOURS", "SMOOTHING_SIGMA", "DISTANCE_BLOCK"]
 
 #: Dimension of the random projection the coreset's distances use (the paper's 128).
 PROJECTION_DIM = 128
 #: b, the memory features around the nearest one that re-weight the image score (the paper's 9).
 N_NEIGHBOURS = 9
+#: Floats in one block of query-to-bank distances (2^26: 256 MB in float32), the memory scoring needs.
+DISTANCE_BLOCK = 2 ** 26
 #: σ in pixels of the Gaussian that smooths the upsampled score map (PatchCore's and PaDiM's 4).
 SMOOTHING_SIGMA = 4.0
 
@@ -79,11 +82,13 @@ def patch_features(maps: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat(out, 1)
 
 
-def nearest(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, chunk: int = 4096
+def nearest(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, chunk: int | None = None
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` smallest Euclidean distances from each query ``(Q, C)`` to the rows of ``bank`` ``(M, C)``:
-    ``(distances (Q, k), indices (Q, k))``, ascending, computed ``chunk`` query rows at a time."""
+    ``(distances (Q, k), indices (Q, k))``, ascending, computed ``chunk`` query rows at a time (default: as many
+    as keep the chunk's distance matrix at :data:`DISTANCE_BLOCK` floats)."""
     k = min(k, len(bank))
+    chunk = chunk or max(1, DISTANCE_BLOCK // max(len(bank), 1))
     dist, idx = [], []
     for q in queries.split(chunk):
         d, i = torch.cdist(q, bank).topk(k, dim=1, largest=False)
@@ -102,10 +107,17 @@ def greedy_coreset(x: torch.Tensor, n: int, seed: int = 0, progress: bool = Fals
         x = x @ (torch.randn(x.shape[1], PROJECTION_DIM, generator=g) / PROJECTION_DIM ** 0.5).to(x)
     chosen = torch.empty(n, dtype=torch.long, device=x.device)
     chosen[0] = torch.randint(len(x), (1,), generator=g).item()
-    min_dist = torch.linalg.vector_norm(x - x[chosen[0]], dim=1)
+    sq = (x * x).sum(1)  # (N,) squared norms: ‖x − c‖² = ‖x‖² − 2 x·c + ‖c‖², one matrix-vector product per step
+    dot = torch.empty_like(sq)
+
+    def dist2(i: torch.Tensor) -> torch.Tensor:  # (N,) squared distances to row i
+        torch.mv(x, x[i], out=dot)
+        return (sq - 2 * dot + sq[i]).clamp_min_(0)
+
+    min_dist = dist2(chosen[0])
     for i in tqdm(range(1, n), desc="coreset", disable=not progress, leave=False):
         chosen[i] = torch.argmax(min_dist)
-        min_dist = torch.minimum(min_dist, torch.linalg.vector_norm(x - x[chosen[i]], dim=1))
+        torch.minimum(min_dist, dist2(chosen[i]), out=min_dist)
     return chosen
 
 
