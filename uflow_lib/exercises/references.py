@@ -24,7 +24,7 @@ REFERENCES: dict[str, tuple[str, ...]] = {
     "Exercise 2.2": (r"\bmultivariate_normal\b",),
     "Exercise 2.3": (r"\bcoupling_forward\b",),
     "Exercise 2.4": (r"\bAllInOneBlock\b",),
-    "Exercise 3.1": (r"\.pixel_unshuffle\b", r"import[^\n]*\bpixel_unshuffle\b", r"\bPixelUnshuffle\b",
+    "Exercise 3.1": (r"[\w.]*\.pixel_unshuffle\b", r"import[^\n]*\bpixel_unshuffle\b", r"\bPixelUnshuffle\b",
                      r"\bIRevNetDownsampling\b", r"\bIRevNetUpsampling\b"),
     "Exercise 3.2": (r"\blatent_shapes\b", r"\bbuild_uflow\b", r"\boutput_dims\b"),
     "Exercise 3.3": (r"\bbuild_uflow\b", r"\bcount_trainable_parameters\b", r"\.parameters\(", r"\.numel\("),
@@ -48,8 +48,13 @@ def code_without_comments(code: str) -> str:
         tokens = list(tokenize.generate_tokens(io.StringIO(code).readline))
     except (tokenize.TokenError, IndentationError, SyntaxError):
         return re.sub(r"#[^\n]*", "", code)
-    kept = [(t.type, '""' if t.type == tokenize.STRING else t.string) for t in tokens if t.type != tokenize.COMMENT]
-    return tokenize.untokenize(kept)
+    lines = code.splitlines(keepends=True)
+    for t in reversed(tokens):  # blank from the end, so that earlier positions stay valid
+        (r0, c0), (r1, c1) = t.start, t.end
+        if t.type == tokenize.COMMENT or (t.type == tokenize.STRING and r0 == r1 and c1 - c0 > 2):
+            keep = "" if t.type == tokenize.COMMENT else t.string[0] + " " * (c1 - c0 - 2) + t.string[-1]
+            lines[r0 - 1] = lines[r0 - 1][:c0] + keep + lines[r0 - 1][c1:]
+    return "".join(lines)
 
 
 def reference_calls(exercise: str, code: str) -> list[str]:
