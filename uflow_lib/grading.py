@@ -197,26 +197,16 @@ def _book_chapter(path: Path, book: Path) -> Path:
     return matches[0]
 
 
-def grade_notebook(path: str | Path, timeout: int = 1200, cwd: str | Path | None = None,
-                   book: str | Path | None = None) -> list[ExerciseResult]:
-    """Execute a submission and score each exercise of its chapter with the book's check (see the module doc)."""
+def _execute_with_fresh_checks(nb, after: dict[int, list[str]], book_checks: dict[str, str], timeout: int,
+                               cwd: Path) -> dict[str, tuple[str, bool]]:
+    """Run ``nb`` cell by cell (errors allowed); after cell ``i`` run the fresh checks of the exercises ``after[i]``.
+
+    Returns, per exercise, the fresh check's output and whether it returned normally (its end token printed).
+    """
     from nbclient import NotebookClient
 
-    path = Path(path)
-    book = Path(book) if book is not None else Path(__file__).resolve().parents[1] / "book"
-    solution = nbformat.read(_book_chapter(path, book), as_version=4)
-    stubs = student_copy(solution)
-    exercises = _exercises(solution)
-    book_checks = {name: solution.cells[chk].source for name, _, _, chk in exercises}
-    nb = nbformat.read(path, as_version=4)
-    where = _locate(nb, book_checks)
-    after: dict[int, list[str]] = {}
-    for name, _, _, _ in exercises:
-        anchor = where.get(name, _Located()).anchor()
-        if anchor is not None:
-            after.setdefault(anchor, []).append(name)
     client = NotebookClient(nb, timeout=timeout, allow_errors=True, kernel_name="python3",
-                            resources={"metadata": {"path": str(cwd or path.parent)}})
+                            resources={"metadata": {"path": str(cwd)}})
     client.comm_open_handlers = {}  # nbclient's widget handler can stall execution until the timeout
     fresh: dict[str, tuple[str, bool]] = {}
     token = f"grader-{secrets.token_hex(8)}"
@@ -233,23 +223,44 @@ def grade_notebook(path: str | Path, timeout: int = 1200, cwd: str | Path | None
                 text = _output_text(probe)
                 completed = token in text and not _has_error(probe)
                 fresh[name] = ("\n".join(line for line in text.splitlines() if token not in line).strip(), completed)
+    return fresh
+
+
+def _check_cell_state(nb, located: _Located, book_check: str) -> str:
+    """``ok``, ``edited`` or ``missing``: the submission's check cell compared with the book's."""
+    if located.check is None:
+        return "missing"
+    return "ok" if nb.cells[located.check].source.strip() == book_check.strip() else "edited"
+
+
+def grade_notebook(path: str | Path, timeout: int = 1200, cwd: str | Path | None = None,
+                   book: str | Path | None = None) -> list[ExerciseResult]:
+    """Execute a submission and score each exercise of its chapter with the book's check (see the module doc)."""
+    path = Path(path)
+    book = Path(book) if book is not None else Path(__file__).resolve().parents[1] / "book"
+    solution = nbformat.read(_book_chapter(path, book), as_version=4)
+    stubs = student_copy(solution)
+    exercises = _exercises(solution)
+    book_checks = {name: solution.cells[chk].source for name, _, _, chk in exercises}
+    nb = nbformat.read(path, as_version=4)
+    where = _locate(nb, book_checks)
+    after: dict[int, list[str]] = {}
+    for name, _, _, _ in exercises:
+        anchor = where.get(name, _Located()).anchor()
+        if anchor is not None:
+            after.setdefault(anchor, []).append(name)
+    fresh = _execute_with_fresh_checks(nb, after, book_checks, timeout, Path(cwd or path.parent))
     patched = patches(_added_code(nb, stubs))
     results = []
-    for name, _, sol, chk in exercises:
+    for name, _, sol, _ in exercises:
         located = where.get(name, _Located())
         message, completed = fresh.get(name, (f"{name} is not in the notebook (its statement is missing)", False))
-        passed = completed and f"✓ {name}:" in message
-        if located.check is None:
-            check_cell = "missing"
-        elif nb.cells[located.check].source.strip() != book_checks[name].strip():
-            check_cell = "edited"
-        else:
-            check_cell = "ok"
         answer = nb.cells[located.solution].source if located.solution is not None else ""
         review = review_flags(name, answer, stubs.cells[sol].source, solution.cells[sol].source)
         if patched:
             review.append(f"the notebook patches library code ({', '.join(patched)})")
-        results.append(ExerciseResult(path.name, name, passed, message, check_cell, review))
+        results.append(ExerciseResult(path.name, name, completed and f"✓ {name}:" in message, message,
+                                      _check_cell_state(nb, located, book_checks[name]), review))
     return results
 
 
