@@ -64,9 +64,14 @@ def test_numbers_in_failure_messages_differ(got, want):
 
 
 def test_block_tail_failure_shows_values_that_differ():
-    (msg,) = _messages(check_block_log10_tail, lambda k, n, p: -9.0 - 1e-5, 1)  # the 3×3 window is at −9.0000…
-    got, want = msg.split(" = ")[1].split("\n")[0].split(", expected ")
-    assert got != want
+    from scipy import stats
+
+    def close_but_wrong(k, n, p):  # off by a relative 1e-5, beyond the tolerance (1e-6)
+        return stats.binom.logsf(math.ceil(k) - 1, n, 1 - p) / math.log(10) * (1 + 1e-5)
+
+    (msg,) = _messages(check_block_log10_tail, close_but_wrong, 1)
+    got, want = msg.split("\n")[0].rsplit(" = ", 1)[1].split(", expected ")
+    assert got != want and float(got) != float(want)
 
 
 @pytest.mark.parametrize("value,expected", [(3, 3), (np.int64(3), 3), (np.int32(7), 7), (torch.tensor(4), 4),
