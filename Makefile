@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: env book browser test test-lib clean assignments
+.PHONY: env book book-student browser test test-lib clean assignments
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ env: $(BIN)/.installed
 ## Build the book (renders the committed notebook outputs; fails on any warning)
 book: env
 	$(BIN)/jupyter-book build . -W --keep-going
+
+## The students' edition: the same site built from the student copies (stubs instead of solutions, checks kept),
+## with -W, into _build/student/_build/html. Publish this one for a graded course (book/teachers.md).
+book-student: env
+	$(BIN)/python -m uflow_lib.student_edition --out _build/student
 
 ## Debian's Chromium for the browser test (tests/test_rendered_book.py), installed when missing; Playwright
 ## (pip, requirements.txt) drives it. When it cannot be installed: with CI=true (as .ci/run sets it) this fails,

@@ -75,3 +75,11 @@ def tiny_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny")
     make_dataset(root, seed=3, image_size=128, n_train=6, n_test_good=2, n_test_defect=2)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _fresh_exercise_attempts():
+    """Each test starts like a fresh kernel: no failed exercise attempt counted yet (the hints are tiered)."""
+    from uflow_lib.exercises import reset_attempts
+
+    reset_attempts()

@@ -8,7 +8,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from uflow_lib.assignments import BEGIN, END, _exercises, _stub_source, generate, grade_notebook, student_copy
+from uflow_lib.assignments import BEGIN, END, _exercises, _stub_source, generate, student_copy
+from uflow_lib.grading import COLUMNS, fresh_check_source, grade, grade_notebook, patches, review_flags
 
 REPO = Path(__file__).resolve().parents[1]
 BOOK = REPO / "book"
@@ -73,9 +74,15 @@ def test_stub_keeps_indentation_and_code_outside_markers():
         _stub_source(f"{BEGIN}\nx = 1", "Exercise 9.9")
 
 
-def test_grading_scores_solutions_full_and_stubs_zero_with_messages(tmp_path):
+@pytest.fixture()
+def kernel_imports_this_checkout(monkeypatch):
+    """Kernels started by the grader import this checkout's uflow_lib (not another installed copy)."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("UFLOW_BOOK_MODE", os.environ.get("UFLOW_BOOK_MODE", "ci"))
+
+
+def test_grading_scores_solutions_full_and_stubs_zero_with_messages(tmp_path, kernel_imports_this_checkout):
     """Execute chapter 2 (the fastest) as solution and as student stub, as a teacher's grading run would."""
-    os.environ.setdefault("UFLOW_BOOK_MODE", "ci")
     chapter = BOOK / "02_normalizing_flows.ipynb"
     stub = tmp_path / chapter.name
     nbformat.write(student_copy(nbformat.read(chapter, as_version=4)), stub)
@@ -85,3 +92,69 @@ def test_grading_scores_solutions_full_and_stubs_zero_with_messages(tmp_path):
         assert "Hint" in r.message or "not written yet" in r.message, f"{r.exercise}: unhelpful message {r.message!r}"
     solution_results = grade_notebook(chapter, cwd=BOOK)
     assert all(r.passed for r in solution_results), [r for r in solution_results if not r.passed]
+
+
+# ----------------------------------------------------------------------------------------- attacks on the grader
+def test_fresh_check_restores_the_kernels_own_modules():
+    import sys
+
+    import uflow_lib.exercises.ch06 as mine
+
+    patched = mine.check_paper_mean
+    namespace: dict = {}
+    source = fresh_check_source("from uflow_lib.exercises.ch06 import check_paper_mean\nfresh = check_paper_mean",
+                                token="done")
+    exec(compile(source, "<fresh>", "exec"), namespace)
+    assert namespace["fresh"] is not patched  # the check ran on a fresh import ...
+    assert sys.modules["uflow_lib.exercises.ch06"] is mine  # ... and the kernel got its own modules back
+
+
+def test_review_flags_reference_calls_copies_and_patches():
+    stub = "def latent_shapes_by_hand(channels, sizes):\n    raise NotImplementedError"
+    book = "def f():\n    ### BEGIN SOLUTION\n    return sum(v[0] for v in results.values())\n    ### END SOLUTION"
+    assert review_flags("Exercise 3.2", stub.replace("raise NotImplementedError", "return latent_shapes(channels, "
+                                                     "sizes)  # latent_shapes"), stub, book) == ["calls latent_shapes"]
+    assert review_flags("Exercise 3.1", "return F.pixel_unshuffle(x, 2)", "", book) == ["calls F.pixel_unshuffle"]
+    assert review_flags("Exercise 4.1", "s = anomaly_score_map(latents, size, combine='product')", "", book) == [
+        "calls anomaly_score_map"]
+    assert review_flags("Exercise 3.2", "# latent_shapes is not used\nreturn [(1, 2, 2)]", "", book) == []
+    copied = review_flags("Exercise 6.1", "def f():\n  return sum(v[0] for v in results.values())  # mine!",
+                          "def f():", book)
+    assert copied == ["same as the book's solution (similarity 1.00)"]
+    assert patches("import numpy as xp\nxp.allclose = lambda *a, **k: True\nx.shape == (1,)") == ["xp.allclose"]
+
+
+def _row(results, notebook: str, exercise: str):
+    (row,) = [r for r in results if r.notebook == notebook and r.exercise == exercise]
+    return row
+
+
+def test_attacks_score_zero_or_are_flagged(tmp_path, kernel_imports_this_checkout):
+    """Copy, monkeypatch, edited or deleted check cells, sorting, typed-in constants and reference calls."""
+    import csv
+
+    from attack_submissions import build
+
+    book, subs = build(tmp_path)
+    results = grade([subs], csv_path=tmp_path / "grades.csv", book=book)
+    with open(tmp_path / "grades.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == COLUMNS and len(rows) == 1 + len(results) == 1 + 5 * 3 + 2
+    print("\n".join(",".join(r[:5]) for r in rows))  # the CSV, for the record (pytest -s)
+
+    honest = [r for r in results if r.notebook == "06_alice_honest.ipynb"]
+    assert all(r.passed and r.check_cell == "ok" and not r.review for r in honest), honest
+    for r in (r for r in results if r.notebook == "06_bob_copy.ipynb"):  # copied from the book: passes, flagged
+        assert r.passed and any("same as the book's solution" in f for f in r.review), r
+    carol = [r for r in results if r.notebook == "06_carol_monkeypatch.ipynb"]
+    for r in carol[:2]:  # her patched checker and her own "✓" print do not count
+        assert not r.passed and any("patches library code" in f for f in r.review), r
+    assert "_ch06.check_paper_mean" in carol[0].review[-1] and "expected" in carol[0].message
+    dave = {r.exercise: r for r in results if r.notebook == "06_dave_check_cells.ipynb"}
+    assert dave["Exercise 6.2"].check_cell == "edited" and not dave["Exercise 6.2"].passed
+    assert dave["Exercise 6.3"].check_cell == "missing" and dave["Exercise 6.3"].passed  # the book's check ran
+    for r in (r for r in results if r.notebook == "06_erin_typed_and_sorted.ipynb"):
+        assert not r.passed, r
+    assert "changed the history" in _row(results, "06_erin_typed_and_sorted.ipynb", "Exercise 6.3").message
+    frank = [r for r in results if r.notebook == "03_frank_reference_calls.ipynb"]
+    assert [r.review for r in frank] == [["calls F.pixel_unshuffle"], ["calls latent_shapes"]]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -21,9 +23,16 @@ def conv_output_size(size, kernel, stride, padding=0):
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def test_conv_size_passes_on_solution(capsys):
-    check_conv_output_size(conv_output_size)
-    assert "Exercise 1.1" in capsys.readouterr().out
+@pytest.mark.parametrize("solution", [
+    conv_output_size,
+    lambda n, k, s, p=0: np.int64(n + 2 * p - k) // s + 1,  # a numpy integer
+    lambda n, k, s, p=0: math.floor((n + 2 * p - k) / s) + 1,
+    lambda n, k, s, p=0: torch.div(torch.tensor(n + 2 * p - k), s, rounding_mode="floor") + 1,  # a 0-d tensor
+])
+def test_conv_size_passes_on_solution(solution, capsys):
+    check_conv_output_size(solution)
+    out = capsys.readouterr().out
+    assert "✓ Exercise 1.1" in out and "28" not in out  # the success line gives no size away
 
 
 @pytest.mark.parametrize("wrong,match", [
@@ -87,6 +96,32 @@ def test_pca_passes_on_solution_and_on_rotated_basis(capsys):
     rot, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(0)))
     check_pca_basis(lambda x: -pca_basis(x) @ rot)  # any orthonormal basis of the subspace is right
     assert "Exercise 1.3" in capsys.readouterr().out
+
+
+def _pca_by_eigh(x):
+    xc = x - x.mean(0)
+    return torch.linalg.eigh(xc.T @ xc).eigenvectors[:, -3:]
+
+
+@pytest.mark.parametrize("solution", [
+    lambda x: torch.pca_lowrank(x, q=3)[2],  # randomised, centres by itself
+    lambda x: torch.pca_lowrank(x.float(), q=3, niter=2)[2],
+    _pca_by_eigh,
+    lambda x: torch.from_numpy(np.linalg.svd((x - x.mean(0)).numpy(), full_matrices=False)[2][:3].T.copy()),
+])
+def test_pca_accepts_other_correct_methods(solution, capsys):
+    check_pca_basis(solution)
+    assert "✓ Exercise 1.3" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong", [
+    lambda x: torch.linalg.svd(x - x.mean(0), full_matrices=False).Vh[1:4].T,  # centred, wrong directions
+    lambda x: torch.linalg.svd(x - x.mean(0), full_matrices=False).Vh[-3:].T,
+])
+def test_pca_does_not_say_centre_to_a_centred_answer(wrong):
+    with pytest.raises(ExerciseFailed) as err:
+        check_pca_basis(wrong)
+    assert "centre x" not in str(err.value)
 
 
 @pytest.mark.parametrize("wrong,match", [

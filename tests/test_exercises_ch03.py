@@ -57,7 +57,7 @@ def _half_split(channels, sizes):  # splits v // 2 instead of v // 8 * 4: right 
 
 @pytest.mark.parametrize("wrong,match", [
     (lambda c, s: latent_shapes_by_hand(c, s)[::-1], "wrong order"),
-    (_half_split, "v // 8 \\* 4"),
+    (_half_split, "coarsest scale to the finest"),
     (lambda c, s: [(ci, si, si) for ci, si in zip(c, s)], "the FrEIA graph gives"),
     (lambda c, s: None, "expected a list"),
     (None, "define `def latent_shapes_by_hand"),
@@ -112,7 +112,7 @@ def _no_global_affine(channels, sizes, flow_steps=4):
 
 
 @pytest.mark.parametrize("wrong,match", [
-    (_no_global_affine, "global affine 2·C"),
+    (_no_global_affine, "global affine; mind odd"),
     (_even_only, "odd channel counts"),
     (lambda c, s, n=4: float(uflow_parameters(c, s, n)), "expected an int"),
     (None, "define `def uflow_parameters"),

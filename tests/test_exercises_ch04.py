@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,7 @@ from uflow_lib.exercises.ch04 import (
     check_auroc,
     check_blur_maps,
     check_iou,
-    check_pro_hand_case,
+    check_fpr_and_pro,
     check_product_map,
     pro_at_reference,
     pro_hand_case,
@@ -133,22 +135,43 @@ def test_pro_reference_agrees_with_from_scratch_on_random_maps():
         assert pro_at_reference(maps, masks, t) == pytest.approx(pro_at(maps, masks, t))
 
 
-def test_pro_hand_case_passes(capsys):
-    check_pro_hand_case((2 / 44, 5 / 8))
-    assert "Exercise 4.3" in capsys.readouterr().out
+def fpr_and_pro(above, defect):
+    fpr = (above & ~defect).sum() / (~defect).sum()
+    lab = label_regions(defect, connectivity=2)
+    return fpr, np.mean([above[lab == k].mean() for k in range(1, lab.max() + 1)])
+
+
+def fpr_and_pro_via_ndimage(above, defect):  # another correct way: scipy's labelling with an 8-neighbourhood
+    lab, k = ndimage.label(defect, structure=np.ones((3, 3)))
+    shares = ndimage.mean(above, lab, index=np.arange(1, k + 1))
+    return float(np.float32((above & ~defect).mean() / (~defect).mean())), np.float32(np.mean(shares))
+
+
+@pytest.mark.parametrize("solution", [fpr_and_pro, fpr_and_pro_via_ndimage,
+                                      lambda a, d: [torch.tensor(x) for x in fpr_and_pro(a, d)]])
+def test_fpr_and_pro_passes(solution, capsys):
+    check_fpr_and_pro(solution)
+    out = capsys.readouterr().out
+    assert "✓ Exercise 4.3" in out and "0.625" not in out and "2/44" not in out  # the success line gives nothing away
+
+
+def _four_connected(above, defect):
+    lab = label_regions(defect, connectivity=1)
+    return fpr_and_pro(above, defect)[0], np.mean([above[lab == k].mean() for k in range(1, lab.max() + 1)])
 
 
 @pytest.mark.parametrize("wrong,match", [
-    ((2 / 44, 8 / 20), "pixel recall"),
-    ((2 / 64, 5 / 8), "normal"),
-    ((2 / 44, 0.5), "PRO = 0.5 is not right"),
-    (0.625, "expected answer = \\(fpr, pro\\)"),
-    (None, "expected answer"),
-    (("a", "b"), "expected a number"),
+    (lambda a, d: (2 / 44, 0.625), "expected"),  # the hand case's numbers typed in
+    (lambda a, d: (fpr_and_pro(a, d)[0], (a & d).sum() / d.sum()), "pixel recall"),
+    (lambda a, d: ((a & ~d).sum() / a.size, fpr_and_pro(a, d)[1]), "normal"),
+    (_four_connected, "8-connected"),
+    (lambda a, d: 0.625, "two numbers"),
+    (lambda a, d: ("a", "b"), "expected a number"),
+    (stub, "not written yet"),
 ])
-def test_pro_hand_case_fails_helpfully(wrong, match):
+def test_fpr_and_pro_fails_helpfully(wrong, match):
     with pytest.raises(ExerciseFailed, match=match):
-        check_pro_hand_case(wrong)
+        check_fpr_and_pro(wrong)
 
 
 # ------------------------------------------------------------------------------------------------ 4.4 IoU
@@ -156,9 +179,26 @@ def iou(pred, gt, eps=1e-6):
     return float(((pred & gt).sum() + eps) / ((pred | gt).sum() + eps))
 
 
-def test_iou_passes_on_solution(capsys):
-    check_iou(iou)
+def iou_float32(pred, gt, eps=1e-6):
+    return np.float32(((pred & gt).sum() + np.float32(eps)) / np.float32((pred | gt).sum() + np.float32(eps)))
+
+
+def iou_torch(pred, gt, eps=1e-6):
+    p, g = torch.from_numpy(pred), torch.from_numpy(gt)
+    return ((p & g).sum() + eps) / ((p | g).sum().float() + eps)  # a 0-d float32 tensor
+
+
+@pytest.mark.parametrize("solution", [iou, iou_float32, iou_torch])
+def test_iou_passes_on_solution(solution, capsys):
+    check_iou(solution)
     assert "Exercise 4.4" in capsys.readouterr().out
+
+
+def test_iou_failure_prints_values_that_differ():
+    with pytest.raises(ExerciseFailed) as err:
+        check_iou(lambda p, g, eps=1e-6: float(((p & g).sum() + eps) / ((p | g).sum() + eps)) * (1 + 1e-4))
+    got, want = re.search(r"= (\S+), expected (\S+)\n", err.value.args[0]).groups()
+    assert got != want
 
 
 @pytest.mark.parametrize("wrong,match", [

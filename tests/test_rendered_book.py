@@ -11,6 +11,10 @@ placeholder, each chapter notebook's Colab link must point at that notebook on `
 the intro's text must link every chapter of the toc. A screenshot of each page goes to
 ``_build/screenshots/``.
 
+The students' edition (``make book-student``: the site built from the student copies) is built too, with ``-W``:
+no page of it may contain ``### BEGIN SOLUTION``, every chapter must show its stubs and check cells, and its pages
+pass the same browser checks, their Colab links opening the student copies.
+
 The second half runs the same checker on small synthetic pages that are broken on purpose (a TeX error, a
 missing image, a dead link, ...) to show that each check bites.
 
@@ -33,6 +37,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from uflow_lib.assignments import BEGIN
+from uflow_lib.student_edition import STUDENT_DIR
+from uflow_lib.student_edition import build as build_student_edition
+
 from rendered_book_checks import (
     CHROMIUM_ARGS,
     COLAB,
@@ -51,6 +59,10 @@ SCREENSHOTS = REPO / "_build" / "screenshots"
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser")
 ROOT_PAGE, CHAPTERS = load_toc(REPO)
 TOC_PAGES = [ROOT_PAGE, *CHAPTERS]
+# the students' edition (make book-student): the same toc, pages under assignments/student/
+STUDENT_ROOT = ROOT_PAGE.replace("book/", f"{STUDENT_DIR}/", 1)
+STUDENT_CHAPTERS = [c.replace("book/", f"{STUDENT_DIR}/", 1) for c in CHAPTERS]
+STUDENT_PAGES = [STUDENT_ROOT, *STUDENT_CHAPTERS]
 
 
 # ----------------------------------------------------------------------------------------------- fixtures
@@ -126,6 +138,25 @@ def book_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     server.shutdown()
 
 
+@pytest.fixture(scope="session")
+def student_html(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The students' edition (stubs instead of solutions) built with -W, as `make book-student` does."""
+    out = tmp_path_factory.mktemp("student_edition")
+    try:
+        html = build_student_edition(REPO, out)
+    except subprocess.CalledProcessError as err:
+        pytest.fail(f"students' edition build failed: {err}", pytrace=False)
+    assert (html / f"{STUDENT_ROOT}.html").is_file()
+    return html
+
+
+@pytest.fixture(scope="session")
+def student_site(student_html: Path) -> Iterator[Site]:
+    site, server = serve(student_html)
+    yield site
+    server.shutdown()
+
+
 # ----------------------------------------------------------------------------------------------- the book
 
 
@@ -146,6 +177,42 @@ def test_intro_links_every_chapter(book_site: Site, tab: Tab) -> None:
     assert CHAPTERS, "_toc.yml lists no chapters"
     if problems:
         pytest.fail(f"{ROOT_PAGE}.html:\n  - " + "\n  - ".join(problems), pytrace=False)
+
+
+# ------------------------------------------------------------------------------------ the students' edition
+def test_students_edition_carries_no_solution(student_html: Path) -> None:
+    pages = sorted(student_html.rglob("*.html"))
+    assert len(pages) > len(STUDENT_PAGES)
+    with_solutions = [str(p.relative_to(student_html)) for p in pages if BEGIN in p.read_text(errors="replace")]
+    assert not with_solutions, f"'{BEGIN}' in the students' edition: {with_solutions}"
+    notebooks = [rel for rel in STUDENT_CHAPTERS if (REPO / f"{rel}.ipynb").is_file()]
+    assert len(notebooks) >= 7
+    for rel in notebooks:
+        text = (student_html / f"{rel}.html").read_text()
+        assert "NotImplementedError" in text and "check_" in text, f"{rel}: stubs or check cells missing"
+        assert "✓ Exercise" not in text, f"{rel}: a check's success line (an output of the solutions) is shown"
+
+
+def test_the_book_does_carry_the_solutions(book_site: Site) -> None:
+    """The other side of the test above: the same search finds the solutions in the teachers' (public) book."""
+    assert any(BEGIN in (book_site.root / f"{rel}.html").read_text() for rel in CHAPTERS)
+
+
+@pytest.mark.parametrize("rel", STUDENT_PAGES)
+def test_student_page_works_offline(student_site: Site, tab: Tab, rel: str) -> None:
+    shot = SCREENSHOTS / "student" / f"{rel.replace('/', '__')}.png"
+    report = tab.inspect(student_site, f"{rel}.html", screenshot=shot)
+    if rel in STUDENT_CHAPTERS and (REPO / f"{rel}.ipynb").is_file():  # Colab opens the student copy
+        report.problems += colab_problems(report, expected_colab_url(rel, REPO))
+    if report.problems:
+        pytest.fail(report.message(), pytrace=False)
+
+
+def test_student_intro_links_every_chapter(student_site: Site, tab: Tab) -> None:
+    report = tab.inspect(student_site, f"{STUDENT_ROOT}.html")
+    problems = chapter_link_problems(student_site, report, STUDENT_CHAPTERS)
+    if problems:
+        pytest.fail(f"{STUDENT_ROOT}.html:\n  - " + "\n  - ".join(problems), pytrace=False)
 
 
 def test_colab_url_comes_from_config() -> None:

@@ -13,26 +13,24 @@ The chapters in ``book/`` are the single source of truth. An exercise is three c
   raises ``NotImplementedError``; outputs of solution and check cells removed;
 - ``assignments/answer_key.md``: every exercise's statement and solution, for instructors.
 
-``grade`` executes notebooks (a student's submission or the solutions) and records, per exercise, whether its
-check cell ran without error and the message it printed or raised; a folder of submissions becomes a CSV.
+``grade`` executes submissions and scores each exercise with the book's own check cell, run on freshly imported
+checkers (:mod:`uflow_lib.grading`); a folder of submissions becomes a CSV.
 
     python -m uflow_lib.assignments generate [--book book] [--out assignments]
-    python -m uflow_lib.assignments grade SUBMISSIONS... --csv grades.csv
+    python -m uflow_lib.assignments grade SUBMISSIONS... --csv grades.csv [--book book]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
 
-__all__ = ["BEGIN", "END", "student_copy", "answer_key", "generate", "grade_notebook", "grade", "ExerciseResult"]
+__all__ = ["BEGIN", "END", "student_copy", "answer_key", "generate", "exercise_name"]
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 _EXERCISE = re.compile(r"\*\*Exercise\s+(\d+\.\d+)")
@@ -137,57 +135,6 @@ def generate(book: str | Path = "book", out: str | Path = "assignments") -> list
     return written + [key]
 
 
-@dataclass
-class ExerciseResult:
-    notebook: str
-    exercise: str
-    passed: bool
-    message: str
-
-
-def _output_text(cell) -> str:
-    parts = []
-    for o in cell.get("outputs", []):
-        if o.get("output_type") == "stream":
-            parts.append(o.get("text", ""))
-        elif o.get("output_type") == "error":
-            parts.append(f"{o.get('ename')}: {o.get('evalue')}")
-    return "".join(parts).strip()
-
-
-def grade_notebook(path: str | Path, timeout: int = 1200, cwd: str | Path | None = None) -> list[ExerciseResult]:
-    """Execute a notebook (errors allowed) and report each exercise's check cell: passed, and its message."""
-    from nbclient import NotebookClient
-
-    path = Path(path)
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, allow_errors=True, kernel_name="python3",
-                            resources={"metadata": {"path": str(cwd or path.parent)}})
-    # no widget output capture: nbclient's handler for `interact` widgets can stall execution until the timeout
-    client.comm_open_handlers = {}
-    client.execute()
-    results = []
-    for name, _, _, check in _exercises(nb, strict=False):
-        errors = [o for o in nb.cells[check].get("outputs", []) if o.get("output_type") == "error"]
-        results.append(ExerciseResult(path.name, name, not errors, _output_text(nb.cells[check])))
-    return results
-
-
-def grade(paths: list[str | Path], csv_path: str | Path | None = None, cwd: str | Path | None = None) -> list[ExerciseResult]:
-    """Grade notebooks (files or folders of ``*.ipynb``); write one CSV row per exercise when ``csv_path`` is given."""
-    files = []
-    for p in map(Path, paths):
-        files += sorted(p.glob("*.ipynb")) if p.is_dir() else [p]
-    results = [r for f in files for r in grade_notebook(f, cwd=cwd)]
-    if csv_path is not None:
-        with open(csv_path, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["notebook", "exercise", "score", "message"])
-            for r in results:
-                w.writerow([r.notebook, r.exercise, int(r.passed), r.message])
-    return results
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m uflow_lib.assignments", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -195,19 +142,23 @@ def main(argv: list[str] | None = None) -> int:
     g = sub.add_parser("generate", help="write student copies and the answer key")
     g.add_argument("--book", default="book")
     g.add_argument("--out", default="assignments")
-    r = sub.add_parser("grade", help="execute notebooks and score each exercise (1 = its check passed)")
+    r = sub.add_parser("grade", help="execute notebooks and score each exercise with the book's check (1 = passed)")
     r.add_argument("paths", nargs="+", help="notebooks or folders of notebooks")
     r.add_argument("--csv", help="write the scores here")
     r.add_argument("--cwd", help="folder to run the notebooks in (default: each notebook's folder)")
+    r.add_argument("--book", help="folder of the solution chapters (default: the book beside uflow_lib)")
     a = ap.parse_args(argv)
     if a.command == "generate":
         for p in generate(a.book, a.out):
             print(f"wrote {p}")
         return 0
-    results = grade(a.paths, a.csv, a.cwd)
+    from .grading import grade
+
+    results = grade(a.paths, a.csv, a.cwd, a.book)
     for r_ in results:
         first = r_.message.splitlines()[0] if r_.message else ""
-        print(f"{r_.notebook:40s} {r_.exercise:14s} {int(r_.passed)}  {first}")
+        review = f"  [review: {'; '.join(r_.review)}]" if r_.review else ""
+        print(f"{r_.notebook:32s} {r_.exercise:13s} {int(r_.passed)} check cell {r_.check_cell:7s} {first}{review}")
     print(f"{sum(r_.passed for r_ in results)} of {len(results)} exercises passed")
     return 0
 

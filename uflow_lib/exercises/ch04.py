@@ -1,9 +1,8 @@
 r"""Checks for the exercises of chapter 4 (likelihood scoring and the metrics).
 
-Each ``check_*`` takes the student's answer (a function, or numbers for the hand case), calls it on cases it
-builds itself and compares the result with an *independent* reference: :func:`uflow_lib.methods.uflow.anomaly_score_map`
+Each ``check_*`` takes the student's function, calls it on cases it builds itself and compares the result with an *independent* reference: :func:`uflow_lib.methods.uflow.anomaly_score_map`
 for the product of the per-scale likelihoods, :func:`sklearn.metrics.roc_auc_score` for the AUROC,
-:func:`uflow_lib.metrics.pro_curve` for the PRO of the hand case, :func:`uflow_lib.metrics.iou_per_image` for the
+:func:`uflow_lib.metrics.pro_curve` for the FPR and PRO at one threshold, :func:`uflow_lib.metrics.iou_per_image` for the
 IoU and :func:`scipy.ndimage.gaussian_filter` for the blur, plus small hand-checked cases. A wrong, missing
 (``None``) or unfinished answer raises :class:`~uflow_lib.exercises.ExerciseFailed` with a hint.
 """
@@ -22,9 +21,9 @@ from sklearn.metrics import roc_auc_score
 
 from ..metrics import IOU_EPS, iou_per_image, pro_curve
 from ..methods.uflow import anomaly_score_map
-from . import call_student, passed, require, require_function
+from . import ExerciseFailed, apart, call_student, counts_attempts, passed, require, require_function, tiered
 
-__all__ = ["check_product_map", "check_auroc", "check_pro_hand_case", "check_iou", "check_blur_maps",
+__all__ = ["check_product_map", "check_auroc", "check_fpr_and_pro", "check_iou", "check_blur_maps",
            "pro_hand_case", "pro_at_reference"]
 
 
@@ -54,6 +53,7 @@ def _latent_cases() -> list[tuple[list[torch.Tensor], int]]:
     return cases
 
 
+@counts_attempts("Exercise 4.1")
 def check_product_map(fn: Callable[..., torch.Tensor]) -> None:
     r"""Exercise 4.1: ``fn(latents, size)`` → :math:`S_\times = -\sum_s \operatorname{up}(\log p_s)`.
 
@@ -81,8 +81,10 @@ def check_product_map(fn: Callable[..., torch.Tensor]) -> None:
             return F.interpolate(x.double(), size=(size, size), mode="bilinear", align_corners=False)
 
         lps = [-0.5 * z.double().pow(2).mean(1, keepdim=True) for z in latents]
-        hint = (r"S_× = −Σ_s up(log p_s): per scale log p_s = −½·mean_c z², upsampled bilinearly "
-                "(align_corners=False), summed over the scales, with a minus sign.")
+        hint = tiered("independent scales multiply their likelihoods, so their log-likelihoods add: bring each "
+                      "scale's log-likelihood map to the output size, add them, and turn the sum into a score "
+                      "(larger = more anomalous).",
+                      r"S_× = −Σ_s up(log p_s) with log p_s = −½·mean_c z², up = bilinear, align_corners=False.")
         if not torch.isfinite(got).all():
             hint = ("your map has inf/NaN: exp(log p) underflows to 0 on a strong defect (log 0 = −inf). Stay in "
                     "the log domain: upsample log p_s itself, never p_s.")
@@ -119,6 +121,7 @@ def _auroc_cases() -> list[tuple[np.ndarray, np.ndarray]]:
     return cases
 
 
+@counts_attempts("Exercise 4.2")
 def check_auroc(fn: Callable[[np.ndarray, np.ndarray], float]) -> None:
     r"""Exercise 4.2: ``fn(scores, labels)`` → area under the ROC curve (ties between classes count ½).
 
@@ -136,16 +139,18 @@ def check_auroc(fn: Callable[[np.ndarray, np.ndarray], float]) -> None:
         pos, neg = scores[labels == 1], scores[labels == 0]
         greater = (pos[:, None] > neg[None, :]).mean()
         ties = (pos[:, None] == neg[None, :]).mean()
-        hint = ("compare every anomalous score with every normal one (broadcasting: pos[:, None] vs neg[None, :]) "
-                "and average: 1 when the anomalous one is higher, ½ when they are equal, 0 otherwise.")
+        hint = tiered("the AUROC is the probability that a random anomalous sample scores higher than a random "
+                      "normal one, ties counting half: look at every (anomalous, normal) pair.",
+                      "((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean()")
         if math.isclose(got, 1 - want, abs_tol=1e-9):
             hint = "your comparison is reversed: a pair is well ranked when the *anomalous* sample scores higher."
         elif math.isclose(got, greater, abs_tol=1e-9) or math.isclose(got, greater + ties, abs_tol=1e-9):
             hint = ("ties: a tied (anomalous, normal) pair counts ½ (on the ROC curve, equal scores cross the "
                     "threshold together and draw a diagonal segment).")
+        g, w = apart(got, want)
         require(False, f"auroc({np.round(scores[:6], 3).tolist()}{'…' if len(scores) > 6 else ''}, labels) = "
-                f"{got:.6f}, but sklearn's roc_auc_score gives {want:.6f}", hint)
-    passed("Exercise 4.2", "3/4 on the hand case, and the same area as sklearn's roc_auc_score with ties")
+                f"{g}, but sklearn's roc_auc_score gives {w}", hint)
+    passed("Exercise 4.2", "the same area as sklearn's roc_auc_score on every case, ties included")
 
 
 # ---------------------------------------------------------------------------------------------------- 4.3
@@ -162,10 +167,8 @@ def pro_at_reference(maps: np.ndarray, masks: np.ndarray, threshold: float) -> t
 
 
 def pro_hand_case() -> tuple[np.ndarray, np.ndarray, float]:
-    """One 8×8 image: a 2×2 region fully detected, a 4×4 region with 4 of 16 pixels detected, 2 false alarms.
-
-    PRO = (1 + 1/4) / 2 = 0.625 (pixel recall would be 8/20 = 0.4); FPR = 2/44.
-    """
+    """The chapter's hand case: one 8×8 image with a 2×2 region fully detected, a 4×4 region of which one 2×2
+    quarter is detected, and 2 false alarms in the corners; ``(maps, masks, threshold)``, shapes (1, 8, 8)."""
     masks = np.zeros((1, 8, 8), dtype=np.uint8)
     masks[0, 0:2, 0:2] = 1
     masks[0, 4:8, 4:8] = 1
@@ -176,31 +179,72 @@ def pro_hand_case() -> tuple[np.ndarray, np.ndarray, float]:
     return maps, masks, 1.0
 
 
-def check_pro_hand_case(answer: Any) -> None:
-    """Exercise 4.3: ``answer = (fpr, pro)`` for the chapter's 8×8 hand case (:func:`pro_hand_case`).
+def _pro_cases() -> list[tuple[np.ndarray, np.ndarray]]:
+    """(above, defect) pairs of one (H, W) image: the chapter's hand case, then made-up ones (seeded, not printed).
 
-    The reference is :func:`uflow_lib.metrics.pro_curve` read at the threshold of the case.
+    Each made-up defect is 1 to 3 rectangles, two of them touching only at a corner (one region with
+    8-connectivity, two with 4); the prediction covers part of each and a few normal pixels.
     """
     maps, masks, t = pro_hand_case()
-    want_fpr, want_pro = pro_at_reference(maps, masks, t)
-    require(isinstance(answer, (tuple, list)) and len(answer) == 2,
-            f"expected answer = (fpr, pro), two numbers; got {answer!r}",
-            "write e.g. `answer = (3 / 40, 0.5)` with your two values (fractions are fine).")
-    fpr = _as_float(answer[0], "answer[0] (fpr)", "a number")
-    pro = _as_float(answer[1], "answer[1] (pro)", "a number")
-    normal, flagged = int((masks == 0).sum()), int(((maps >= t) & (masks == 0)).sum())
-    hint = f"FPR = false alarms / normal pixels: {flagged} normal pixels score ≥ t, out of all the normal ones."
-    if math.isclose(fpr, flagged / masks.size, abs_tol=1e-6):
-        hint = f"divide by the number of *normal* pixels ({normal}), not by all {masks.size} pixels."
-    require(math.isclose(fpr, want_fpr, abs_tol=1e-6), f"FPR = {fpr:.6g} is not right", hint)
-    gt = masks.astype(bool)
-    hint = "PRO = mean over the regions of (share of the region's pixels with score ≥ t)."
-    if math.isclose(pro, ((maps >= t) & gt).sum() / gt.sum(), abs_tol=1e-6):
-        hint = ("that is the pixel recall (all defect pixels pooled): PRO first computes the recall of each "
-                "connected region, then averages the regions, so a small defect weighs as much as a large one.")
-    require(math.isclose(pro, want_pro, abs_tol=1e-6), f"PRO = {pro:.6g} is not right", hint)
-    passed("Exercise 4.3", f"FPR = 2/44 ≈ {want_fpr:.4f}, PRO = (1 + 1/4)/2 = {want_pro}; "
-                           f"the pixel recall would have said 8/20 = 0.4")
+    cases = [(maps[0] >= t, masks[0] > 0)]
+    rng = np.random.default_rng(43)
+    for h, w in ((12, 15), (20, 20), (9, 16), (16, 11)):
+        defect = np.zeros((h, w), dtype=bool)
+        defect[1:4, 1:4] = True
+        defect[4:7, 4:8] = True  # touches the first square at its corner only
+        r, c = int(rng.integers(1, h - 4)), int(rng.integers(w // 2, w - 3))
+        defect[r:r + 3, c:c + 3] = True
+        above = (rng.random((h, w)) < np.where(defect, 0.5, 0.05)) & (rng.random((h, w)) < 0.9)
+        above[2, 2] = True  # every region is at least partly found
+        cases.append((above, defect))
+    return cases
+
+
+def _region_shares(above: np.ndarray, defect: np.ndarray, connectivity: int) -> list[float]:
+    from skimage.measure import label
+
+    regions = label(defect, connectivity=connectivity)
+    return [float(above[regions == k].mean()) for k in range(1, regions.max() + 1)]
+
+
+@counts_attempts("Exercise 4.3")
+def check_fpr_and_pro(fn: Callable[[np.ndarray, np.ndarray], tuple[float, float]]) -> None:
+    """Exercise 4.3: ``fn(above, defect)`` → ``(fpr, pro)`` of one image at one threshold.
+
+    ``above`` is the boolean ``(H, W)`` map of the pixels whose score reaches the threshold, ``defect`` the ground
+    truth. The reference is :func:`uflow_lib.metrics.pro_curve` read at that threshold (:func:`pro_at_reference`).
+    """
+    require_function(fn, "fpr_and_pro", "(above, defect)")
+    for above, defect in _pro_cases():
+        want_fpr, want_pro = pro_at_reference(above[None].astype(float), defect[None].astype(np.uint8), 1.0)
+        call = f"fpr_and_pro(above, defect) on a {above.shape[0]}×{above.shape[1]} image"
+        answer = call_student(fn, "fpr_and_pro", above.copy(), defect.copy())
+        require(isinstance(answer, (tuple, list)) and len(answer) == 2, f"{call} returned {answer!r}",
+                "return two numbers: `return fpr, pro`.")
+        fpr = _as_float(answer[0], f"{call}[0] (fpr)", "a number")
+        pro = _as_float(answer[1], f"{call}[1] (pro)", "a number")
+        if not math.isclose(fpr, want_fpr, rel_tol=1e-6, abs_tol=1e-9):
+            hint = tiered("the FPR is the share of the normal pixels that are above the threshold.",
+                          "(above & ~defect).sum() / (~defect).sum()")
+            if math.isclose(fpr, float((above & ~defect).sum() / above.size), rel_tol=1e-6):
+                hint = "divide by the number of *normal* pixels, not by all the pixels."
+            g, w = apart(fpr, want_fpr)
+            raise ExerciseFailed(f"{call}: fpr = {g}, expected {w}\nHint: {hint}")
+        if math.isclose(pro, want_pro, rel_tol=1e-6, abs_tol=1e-9):
+            continue
+        hint = tiered("PRO averages, over the connected regions of the defect, the share of each region's pixels "
+                      "that are above the threshold.",
+                      "label the regions (skimage.measure.label(defect, connectivity=2)), then the mean of "
+                      "above[regions == k].mean() over k.")
+        if math.isclose(pro, float((above & defect).sum() / defect.sum()), rel_tol=1e-6):
+            hint = ("that is the pixel recall (all defect pixels pooled): PRO first computes the recall of each "
+                    "connected region, then averages the regions, so a small defect weighs as much as a large one.")
+        elif math.isclose(pro, float(np.mean(_region_shares(above, defect, 1))), rel_tol=1e-6):
+            hint = ("regions are 8-connected: pixels touching at a corner belong to the same region "
+                    "(connectivity=2 in skimage.measure.label).")
+        g, w = apart(pro, want_pro)
+        raise ExerciseFailed(f"{call}: pro = {g}, expected {w}\nHint: {hint}")
+    passed("Exercise 4.3", "your FPR and PRO agree with uflow_lib.metrics.pro_curve on every image of the check")
 
 
 # ---------------------------------------------------------------------------------------------------- 4.4
@@ -221,6 +265,7 @@ def _iou_cases() -> list[tuple[np.ndarray, np.ndarray, str]]:
     return cases
 
 
+@counts_attempts("Exercise 4.4")
 def check_iou(fn: Callable[..., float]) -> None:
     r"""Exercise 4.4: ``fn(pred, gt, eps=1e-6)`` → :math:`(|P\cap G| + \varepsilon)/(|P\cup G| + \varepsilon)`.
 
@@ -231,21 +276,24 @@ def check_iou(fn: Callable[..., float]) -> None:
     for pred, gt, what in _iou_cases():
         want = float(iou_per_image(pred[None], gt[None], eps=IOU_EPS)[0])
         got = _as_float(call_student(fn, "iou", pred.copy(), gt.copy(), eps=IOU_EPS), "iou", "a float in [0, 1]")
-        if math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12):
+        if math.isclose(got, want, rel_tol=1e-5, abs_tol=1e-12):  # float32 welcome
             continue
         inter, union = int((pred & gt).sum()), int((pred | gt).sum())
-        hint = "IoU = (|P ∩ G| + eps) / (|P ∪ G| + eps), with eps added to numerator AND denominator."
+        hint = tiered("the overlap of prediction and ground truth divided by their union, with eps keeping the "
+                      "empty case defined.", "IoU = (|P ∩ G| + eps) / (|P ∪ G| + eps), eps in numerator AND "
+                      "denominator.")
         if math.isnan(got) or (union == 0 and got == 0.0):
             hint = ("0/0: add eps to the numerator and the denominator, so that an empty prediction on a normal "
                     "image counts as a perfect answer (IoU 1).")
         elif union and math.isclose(got, inter / union, rel_tol=1e-6):
             hint = "add eps to both numerator and denominator (it only matters for the 0/0 case, but there it decides)."
-        require(False, f"iou on {what} (|P ∩ G| = {inter}, |P ∪ G| = {union}) = {got:.6g}, expected {want:.6g}",
-                hint)
-    passed("Exercise 4.4", "1 for an empty prediction on a normal image, ≈ 0 for a false alarm there")
+        g, w = apart(got, want)
+        require(False, f"iou on {what} (|P ∩ G| = {inter}, |P ∪ G| = {union}) = {g}, expected {w}", hint)
+    passed("Exercise 4.4", "your IoU matches uflow_lib.metrics.iou_per_image on every case, empty ones included")
 
 
 # ---------------------------------------------------------------------------------------------------- 4.5
+@counts_attempts("Exercise 4.5")
 def check_blur_maps(fn: Callable[[np.ndarray, float], np.ndarray]) -> None:
     r"""Exercise 4.5: ``fn(maps, sigma)`` → each ``(H, W)`` map of ``maps`` ``(N, H, W)`` blurred on its own.
 
@@ -266,8 +314,8 @@ def check_blur_maps(fn: Callable[[np.ndarray, float], np.ndarray]) -> None:
                 f"array of shape {maps.shape}", "return one blurred map per input map, stacked: (N, H, W).")
         if np.allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max()):
             continue
-        hint = ("blur each (H, W) map separately with scipy.ndimage.gaussian_filter(map, sigma), e.g. "
-                "np.stack([... for m in maps]).")
+        hint = tiered("each map is an image of its own: blur it in its two spatial axes only, never across maps.",
+                      "np.stack([ndimage.gaussian_filter(m, sigma) for m in maps]), or sigma=(0, sigma, sigma).")
         if np.allclose(got, ndimage.gaussian_filter(maps, sigma), rtol=1e-6, atol=1e-6):
             hint = ("you blurred across the image axis too: gaussian_filter on an (N, H, W) array mixes "
                     "neighbouring images. Use sigma=(0, sigma, sigma), or blur image by image.")

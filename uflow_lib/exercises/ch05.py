@@ -24,7 +24,8 @@ import numpy as np
 from scipy import optimize, special
 
 from ..nfa import POLYOMINO_ALPHA, POLYOMINO_BETA
-from . import ExerciseFailed, as_finite_number, call_student, passed, require, require_function
+from . import (ExerciseFailed, apart, as_finite_number, call_student, counts_attempts, passed, require,
+               require_function, tiered)
 
 __all__ = ["check_region_log10_nfa", "check_log10_num_tests", "check_min_level", "check_block_log10_tail"]
 
@@ -53,6 +54,12 @@ def _as_float(value: Any, call: str) -> float:
 
 def _close(got: float, want: float, rel: float = 1e-6, abs_: float = 1e-9) -> bool:
     return math.isclose(got, want, rel_tol=rel, abs_tol=abs_)
+
+
+def _failed(call: str, got: float, want: float, hint: str) -> ExerciseFailed:
+    """The failure of ``call``: both numbers with enough digits to differ, and the hint."""
+    g, w = apart(got, want)
+    return ExerciseFailed(f"{call} = {g}, expected {w}\nHint: {hint}")
 
 
 # ---------------------------------------------------------------------------------------------------- 5.1
@@ -84,6 +91,7 @@ def _region_cases() -> list[tuple[np.ndarray, np.ndarray, int, float, str]]:
             (m2, low, 16, 50.0, "a region with mean z² 0.5"), (m * 2, blob, 200, 120.0, "the blob, C = 200")]
 
 
+@counts_attempts("Exercise 5.1")
 def check_region_log10_nfa(fn: Callable[[np.ndarray, np.ndarray, int, float], float]) -> None:
     r"""Exercise 5.1: ``fn(m, region, C, log10_nt)`` → :math:`\log_{10}\mathrm{NFA}(R)` with the valid bound.
 
@@ -95,7 +103,7 @@ def check_region_log10_nfa(fn: Callable[[np.ndarray, np.ndarray, int, float], fl
         call = f"region_log10_nfa(m, region, C={C}, log10_nt={log10_nt}) for {what}"
         got = _as_float(_call(fn, "region_log10_nfa", m.copy(), region.copy(), C, log10_nt), call)
         want = _region_reference(m, region, C, log10_nt)
-        if _close(got, want, rel=1e-6, abs_=1e-6):
+        if _close(got, want, rel=1e-5, abs_=1e-4):
             continue
         t_min, t_mean = m[region].min(), m[region].mean()
         area = int(region.sum())
@@ -111,11 +119,12 @@ def check_region_log10_nfa(fn: Callable[[np.ndarray, np.ndarray, int, float], fl
             hint = ("the tree NFA bounds the event 'every pixel of R has q ≥ x' with x = C · min_R m, the same x "
                     "for all |R| pixels: log10 P(R) = |R| · (bound at x).")
         else:
-            hint = ("log10 NFA = log10_nt + |R| · (−C/2) · (t − 1 − ln t) / ln 10 with t = min_R m (0 instead of "
-                    "the bound when t ≤ 1).")
-        raise ExerciseFailed(f"{call} = {got:.6g}, expected {want:.6g}\nHint: {hint}")
-    m, blob, C, log10_nt, _ = _region_cases()[0]
-    passed("Exercise 5.1", f"the blob of the check has log10 NFA = {_region_reference(m, blob, C, log10_nt):.1f}")
+            hint = tiered("the NFA is the number of tests times the probability that every pixel of R is at least "
+                          "as extreme as R's least extreme pixel under H0, bounded with the valid Chernoff bound.",
+                          "log10 NFA = log10_nt + |R| · (−C/2) · (t − 1 − ln t) / ln 10 with t = min_R m (0 "
+                          "instead of the bound when t ≤ 1).")
+        raise _failed(call, got, want, hint)
+    passed("Exercise 5.1", "your NFA matches the numerically minimised bound on every region of the check")
 
 
 # ---------------------------------------------------------------------------------------------------- 5.2
@@ -137,6 +146,7 @@ def _log10_num_tests_exact(sizes: Sequence[tuple[int, int]], positions: bool = T
         return float(total.log10())
 
 
+@counts_attempts("Exercise 5.2")
 def check_log10_num_tests(fn: Callable[[Sequence[tuple[int, int]]], float]) -> None:
     r"""Exercise 5.2: ``fn(sizes)`` → :math:`\log_{10} N_T` for the tree NFA, compared with exact decimals."""
     require_function(fn, "log10_num_tests", "(sizes)")
@@ -150,17 +160,20 @@ def check_log10_num_tests(fn: Callable[[Sequence[tuple[int, int]]], float]) -> N
                 "(scipy.special.logsumexp of ln α + r ln β − ln r) instead of adding the terms themselves.")
         got = _as_float(got, call)
         want = _log10_num_tests_exact(sizes)
-        if not _close(got, want, rel=1e-9):
-            if _close(got, want * LN10, rel=1e-6):
+        if not _close(got, want, rel=1e-5):  # float32 (numpy or torch) welcome
+            no_positions = _log10_num_tests_exact(sizes, positions=False)
+            if _close(got, want * LN10, rel=1e-5):
                 hint = "the answer must be a log10: divide a natural log by ln 10."
-            elif _close(got, _log10_num_tests_exact(sizes, positions=False), rel=1e-6):
+            elif _close(got, no_positions, rel=1e-5) and not _close(no_positions, want, rel=1e-3):
                 hint = "each region shape can sit at any of the h·w positions: multiply the inner sum by h·w."
             else:
-                hint = ("N_T = Σ_s h_s w_s Σ_{r=1}^{h_s w_s} α β^r / r with α = 0.316915, β = 4.062570 "
-                        "(uflow_lib.nfa.POLYOMINO_ALPHA/BETA); the sum over r runs up to the whole map.")
-            raise ExerciseFailed(f"{call} = {got:.10g}, expected {want:.10g}\nHint: {hint}")
-    passed("Exercise 5.2", f"log10 N_T = {_log10_num_tests_exact([(28, 28), (14, 14)]):.2f} for MS-CaiT, "
-           f"{_log10_num_tests_exact([(64, 64), (32, 32), (16, 16)]):.1f} for ResNet-18")
+                hint = tiered("count every region shape of every size r at every position of every scale, with "
+                              "the polyomino count α β^r / r for the shapes of size r; the sizes run up to the "
+                              "whole map, so add the terms through their logarithms.",
+                              "N_T = Σ_s h_s w_s Σ_{r=1}^{h_s w_s} α β^r / r with α, β = "
+                              "uflow_lib.nfa.POLYOMINO_ALPHA, POLYOMINO_BETA.")
+            raise _failed(call, got, want, hint)
+    passed("Exercise 5.2", "your count matches exact 60-digit arithmetic on every set of scales of the check")
 
 
 # ---------------------------------------------------------------------------------------------------- 5.3
@@ -170,6 +183,7 @@ def _min_level_reference(area: int, C: int, log10_nt: float) -> float:
     return float(-special.lambertw(-math.exp(-1.0 - a), k=-1).real)
 
 
+@counts_attempts("Exercise 5.3")
 def check_min_level(fn: Callable[[int, int, float], float]) -> None:
     r"""Exercise 5.3: ``fn(area, C, log10_nt)`` → the smallest region minimum :math:`t` that is detected (ε = 1).
 
@@ -181,7 +195,7 @@ def check_min_level(fn: Callable[[int, int, float], float]) -> None:
         call = f"min_level({area}, {C}, {log10_nt})"
         got = _as_float(_call(fn, "min_level", area, C, log10_nt), call)
         want = _min_level_reference(area, C, log10_nt)
-        if not _close(got, want):
+        if not _close(got, want, rel=1e-5):
             no_ln10 = _min_level_reference(area, C, log10_nt / LN10)  # a with ln N_T := log10 N_T
             if got <= 1.0:
                 hint = ("the bound is informative only above the χ² mean: look for t > 1 (t − 1 − ln t is 0 at "
@@ -190,11 +204,12 @@ def check_min_level(fn: Callable[[int, int, float], float]) -> None:
                 hint = ("a base mismatch: the bound is in natural logs, N_T in log10. Solve "
                         "area·(C/2)·(t − 1 − ln t) = log10_nt · ln 10.")
             else:
-                hint = ("solve area·(C/2)·(t − 1 − ln t)/ln 10 = log10_nt for t > 1, e.g. with "
-                        "scipy.optimize.brentq on [1, 1 + 2a + 10] where a is the needed value of t − 1 − ln t.")
-            raise ExerciseFailed(f"{call} = {got:.6g}, expected {want:.6g}\nHint: {hint}")
-    passed("Exercise 5.3", f"one pixel of 48 channels needs mean z² ≥ {_min_level_reference(1, 48, 155.48):.2f} "
-           f"on the 16×16 map, a 100-pixel region only {_min_level_reference(100, 48, 155.48):.2f}")
+                hint = tiered("the least detectable level is where the NFA of the region equals ε = 1: solve that "
+                              "equation for t above the χ² mean, numerically.",
+                              "solve area·(C/2)·(t − 1 − ln t)/ln 10 = log10_nt for t > 1, e.g. with "
+                              "scipy.optimize.brentq on [1, 1 + 2a + 10] where a is the needed value of t − 1 − ln t.")
+            raise _failed(call, got, want, hint)
+    passed("Exercise 5.3", "your levels match Lambert's W on every case of the check")
 
 
 # ---------------------------------------------------------------------------------------------------- 5.4
@@ -208,6 +223,7 @@ def _binomial_tail_exact(k_mean: float, n: int, p: float) -> float:
     return (math.log10(total.numerator) - math.log10(total.denominator)) if total else -math.inf
 
 
+@counts_attempts("Exercise 5.4")
 def check_block_log10_tail(fn: Callable[[float, int, float], float]) -> None:
     r"""Exercise 5.4: ``fn(k_mean, n, p)`` → :math:`\log_{10} P(\mathrm{Bin}(n, 1-p) \ge \lceil \bar k\rceil)`."""
     require_function(fn, "block_log10_tail", "(k_mean, n, p)")
@@ -217,18 +233,21 @@ def check_block_log10_tail(fn: Callable[[float, int, float], float]) -> None:
         call = f"block_log10_tail({k_mean}, {n}, {p})"
         got = _as_float(_call(fn, "block_log10_tail", k_mean, n, p), call)
         want = _binomial_tail_exact(k_mean, n, p)
-        if _close(got, want, rel=1e-9, abs_=1e-12):
+        if _close(got, want, rel=1e-6, abs_=1e-9):  # float32 welcome
             continue
-        if _close(got, _binomial_tail_exact(k_mean + 1, n, p), rel=1e-9, abs_=1e-12):
+        if _close(got, _binomial_tail_exact(k_mean + 1, n, p), rel=1e-6, abs_=1e-12):
             hint = ("at an integer k̄ the event is Bin ≥ k̄, not Bin > k̄ (scipy's binom.sf(k) is P(X > k): pass "
                     "ceil(k̄) − 1).")
-        elif _close(got, _binomial_tail_exact(math.floor(k_mean), n, p), rel=1e-9, abs_=1e-12):
+        elif _close(got, _binomial_tail_exact(math.floor(k_mean), n, p), rel=1e-6, abs_=1e-12):
             hint = "a count is an integer: P(Bin ≥ k̄) = P(Bin ≥ ceil(k̄)), not floor(k̄)."
-        elif _close(got, want * LN10, rel=1e-9, abs_=1e-12):
+        elif _close(got, want * LN10, rel=1e-6, abs_=1e-12):
             hint = "return a log10: divide scipy's natural-log logsf by ln 10."
-        elif _close(got, _binomial_tail_exact(k_mean, n, 1 - p), rel=1e-9, abs_=1e-12):
+        elif _close(got, _binomial_tail_exact(k_mean, n, 1 - p), rel=1e-6, abs_=1e-12):
             hint = "a hit has probability 1 − p under H0 (p is the probability of z² ≤ τ), not p."
         else:
-            hint = "log10 P(Bin(n, 1 − p) ≥ ceil(k̄)), e.g. scipy.stats.binom.logsf(ceil(k̄) − 1, n, 1 − p) / ln 10."
-        raise ExerciseFailed(f"{call} = {got:.6g}, expected {want:.6g}\nHint: {hint}")
-    passed("Exercise 5.4", f"a full 3×3 window of hits has log10 P = {_binomial_tail_exact(9, 9, 0.9):.1f}")
+            hint = tiered("under H0 the number of hits among n trials is binomial with the probability of one hit; "
+                          "the window is as extreme as observed when it has at least ceil(k̄) hits.",
+                          "log10 P(Bin(n, 1 − p) ≥ ceil(k̄)), e.g. scipy.stats.binom.logsf(ceil(k̄) − 1, n, 1 − p) "
+                          "/ ln 10.")
+        raise _failed(call, got, want, hint)
+    passed("Exercise 5.4", "your tail matches an exact rational sum on every case of the check")

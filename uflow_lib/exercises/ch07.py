@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from scipy import integrate, optimize, special, stats
 
-from . import ExerciseFailed, as_finite_number, call_student, passed, require, require_function
+from . import (ExerciseFailed, apart, as_finite_number, call_student, counts_attempts, passed, require,
+               require_function, tiered)
 
 __all__ = ["check_parallel_flow_parameters", "check_expected_log_normal", "check_loss_variance",
            "check_standardise"]
@@ -55,6 +56,7 @@ def _parallel_parts(c: int, blocks: int, pos: int) -> dict[str, int]:
                 global_affine=blocks * 2 * c, biases=blocks * (d + out))
 
 
+@counts_attempts("Exercise 7.1")
 def check_parallel_flow_parameters(fn: Callable[[int, int, int], int]) -> None:
     """Exercise 7.1: ``fn(c, blocks, pos)`` → trainable parameters of one MSFlow parallel flow."""
     require_function(fn, "parallel_flow_parameters", "(c, blocks, pos=64)")
@@ -83,12 +85,13 @@ def check_parallel_flow_parameters(fn: Callable[[int, int, int], int]) -> None:
             hint = ("for odd c the halves differ: the subnet reads ⌈c/2⌉ + pos channels (c - c // 2 + pos in "
                     "Python) and outputs 2⌊c/2⌋ = 2 * (c // 2).")
         else:
-            hint = ("per block, with d = ⌈c/2⌉ + pos: Conv3×3 d→d (9d² + d), LayerNorm(d) (2d), Conv3×3 d→2⌊c/2⌋ "
-                    "(9d·2⌊c/2⌋ + 2⌊c/2⌋) and the global affine (2c); times the number of blocks.")
+            hint = tiered("count one block: its subnet (what it reads: half the channels plus the condition; what "
+                          "it predicts: a scale and a shift for the other half; each layer's weights and biases) "
+                          "and its global affine; then times the number of blocks.",
+                          "per block, with d = ⌈c/2⌉ + pos: Conv3×3 d→d (9d² + d), LayerNorm(d) (2d), Conv3×3 "
+                          "d→2⌊c/2⌋ (9d·2⌊c/2⌋ + 2⌊c/2⌋) and the global affine (2c).")
         raise ExerciseFailed(f"{call} = {int(got):,}, expected {want:,}\nHint: {hint}")
-    total = sum(_parallel_reference(c, n, 64) for c, n in ((24, 2), (32, 5), (96, 8)))
-    passed("Exercise 7.1", f"MobileNetV2's three parallel flows have {total:,} parameters "
-           f"(the fusion coupling adds 149,898)")
+    passed("Exercise 7.1", "your count matches the library's parallel flows, odd channel counts included")
 
 
 # ---------------------------------------------------------------------------------------------------- 7.2
@@ -114,6 +117,7 @@ def _ig_cases() -> list[tuple[np.ndarray, float, float, str]]:
             (rng.normal(0, 0.5, 96), 10.0, 3.0, "C = 96, α = 10, β = 3")]
 
 
+@counts_attempts("Exercise 7.2")
 def check_expected_log_normal(fn: Callable[[np.ndarray, float, float], float]) -> None:
     r"""Exercise 7.2: ``fn(z, alpha, beta)`` → :math:`\mathbb E_{\sigma^2\sim IG(\alpha,\beta)}
     \log\mathcal N(z; 0, \sigma^2 I)` for one fibre ``z`` ``(C,)``, compared with numerical integration."""
@@ -122,7 +126,7 @@ def check_expected_log_normal(fn: Callable[[np.ndarray, float, float], float]) -
         call = f"expected_log_normal(z, alpha={alpha}, beta={beta}) for {what}"
         got = _as_number(call_student(fn, "expected_log_normal", z.copy(), alpha, beta), call)
         want = _ig_expectation_numeric(z, alpha, beta)
-        if math.isclose(got, want, rel_tol=1e-7, abs_tol=1e-7):
+        if math.isclose(got, want, rel_tol=1e-5, abs_tol=1e-6):  # float32 (numpy or torch) welcome
             continue
         C, q = z.size, float(np.sum(z**2))
 
@@ -133,20 +137,23 @@ def check_expected_log_normal(fn: Callable[[np.ndarray, float, float], float]) -
             return -0.5 * C * math.log(2 * math.pi) - k * (math.log(beta) - sign * special.digamma(alpha)) \
                 - alpha / (2 * beta) * q
 
-        if any(math.isclose(got, plug_in(v), rel_tol=1e-7) for v in (beta / (alpha + 1), beta / max(alpha - 1, 1e-9),
+        if any(math.isclose(got, plug_in(v), rel_tol=1e-5) for v in (beta / (alpha + 1), beta / max(alpha - 1, 1e-9),
                                                                       beta / alpha)):
             hint = ("plugging one variance (the mode, the mean, β/α) into log N is not the expectation: log N is "
                     "not linear in σ². Use E[1/σ²] = α/β and E[log σ²] = log β − ψ(α) (1/σ² is Gamma(α, rate β)).")
-        elif math.isclose(got, with_k(C), rel_tol=1e-7):
+        elif math.isclose(got, with_k(C), rel_tol=1e-5):
             hint = ("the log σ² term has coefficient C/2, not C (that is the authors' quirk, section 7.3): "
                     "log N = −C/2 log 2π − C/2 log σ² − Σz²/(2σ²).")
-        elif math.isclose(got, with_k(C / 2, -1.0), rel_tol=1e-7):
+        elif math.isclose(got, with_k(C / 2, -1.0), rel_tol=1e-5):
             hint = "E[log σ²] = log β − ψ(α): the digamma enters with a minus sign (ψ(α) ≈ log α for large α)."
         else:
-            hint = ("E[log N] = −C/2 log 2π − C/2 (log β − ψ(α)) − α/(2β) Σ_c z_c²; ψ is scipy.special.digamma "
-                    "(or torch.digamma).")
-        raise ExerciseFailed(f"{call} = {got:.8g}, expected {want:.8g}\nHint: {hint}")
-    passed("Exercise 7.2", "it matches the integral over the inverse-gamma density to 1e-7")
+            hint = tiered("log N(z; 0, σ²I) is linear in log σ² and in 1/σ²: take the expectation of each under the "
+                          "inverse-gamma law (1/σ² is Gamma(α, rate β)).",
+                          "E[log N] = −C/2 log 2π − C/2 (log β − ψ(α)) − α/(2β) Σ_c z_c²; ψ is "
+                          "scipy.special.digamma (or torch.digamma).")
+        g, w = apart(got, want)
+        raise ExerciseFailed(f"{call} = {g}, expected {w}\nHint: {hint}")
+    passed("Exercise 7.2", "it matches the integral over the inverse-gamma density on every case of the check")
 
 
 # ---------------------------------------------------------------------------------------------------- 7.3
@@ -169,6 +176,7 @@ def _loss_variance_numeric(q: float, C: int, alpha: float, k: float) -> float:
     return math.exp(res.x) / (alpha + 1)
 
 
+@counts_attempts("Exercise 7.3")
 def check_loss_variance(fn: Callable[[float, int, float, float], float]) -> None:
     r"""Exercise 7.3: ``fn(q, C, alpha, k)`` → the mode variance :math:`\beta^*/(\alpha+1)` at the :math:`\beta^*`
     that maximises :math:`-k(\log\beta - \psi(\alpha)) - \frac{\alpha}{2\beta} q` (``q`` = :math:`\sum_c z_c^2`)."""
@@ -178,7 +186,7 @@ def check_loss_variance(fn: Callable[[float, int, float, float], float]) -> None
         call = f"loss_variance(q={q}, C={C}, alpha={alpha}, k={k})"
         got = _as_number(call_student(fn, "loss_variance", q, C, alpha, k), call)
         want = _loss_variance_numeric(q, C, alpha, k)
-        if math.isclose(got, want, rel_tol=1e-6):
+        if math.isclose(got, want, rel_tol=1e-5):
             continue
         beta_star = alpha * q / (2 * k)
         if math.isclose(got, beta_star, rel_tol=1e-6):
@@ -189,14 +197,17 @@ def check_loss_variance(fn: Callable[[float, int, float, float], float]) -> None
         elif math.isclose(got, alpha * q / k / (alpha + 1), rel_tol=1e-6):
             hint = "the derivative of −α q/(2β) is α q/(2β²): keep the factor 2, β* = α q/(2k)."
         else:
-            hint = "d/dβ [−k log β − α q/(2β)] = −k/β + α q/(2β²) = 0 gives β* = α q/(2k); return β*/(α + 1)."
-        raise ExerciseFailed(f"{call} = {got:.8g}, expected {want:.8g}\nHint: {hint}")
-    half, full = (_loss_variance_numeric(3.2, 32, 59.5, k) for k in (16.0, 32.0))
-    passed("Exercise 7.3", f"for z² summing to 3.2 over 32 channels: {half:.4f} with k = C/2, {full:.4f} with k = C "
-           f"(half of it)")
+            hint = tiered("maximise the loss's expected log-likelihood over β (the ψ(α) term does not depend on β), "
+                          "then take the mode of the inverse-gamma law at that β.",
+                          "d/dβ [−k log β − α q/(2β)] = −k/β + α q/(2β²) = 0 gives β* = α q/(2k); return "
+                          "β*/(α + 1).")
+        g, w = apart(got, want)
+        raise ExerciseFailed(f"{call} = {g}, expected {w}\nHint: {hint}")
+    passed("Exercise 7.3", "your variance matches the numerical maximum for both coefficients k")
 
 
 # ---------------------------------------------------------------------------------------------------- 7.4
+@counts_attempts("Exercise 7.4")
 def check_standardise(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
     """Exercise 7.4: ``fn(z, variance)`` with ``z`` ``(B, C, h, w)`` and ``variance`` ``(B, h, w)`` → ``z / σ``,
     ``(B, C, h, w)``. The check builds ``z = σ ε`` from known ``ε`` and expects ``ε`` back."""
@@ -224,7 +235,9 @@ def check_standardise(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) 
         elif torch.allclose(got, (z * variance.sqrt()[:, None]).double(), rtol=1e-5, atol=1e-5):
             hint = "divide by σ, do not multiply: z / σ is N(0, 1) when z is N(0, σ²)."
         else:
-            hint = "z / variance.sqrt()[:, None]: one σ per position, shared by all C channels of that position."
+            hint = tiered("a latent with variance σ² becomes standard normal when divided by σ; here one σ belongs "
+                          "to each position and is shared by all C channels there.",
+                          "z / variance.sqrt()[:, None]")
         raise ExerciseFailed(f"{call} does not give N(0, 1) latents back (max error "
                              f"{(got - eps.double()).abs().max().item():.3g})\nHint: {hint}")
     passed("Exercise 7.4", "z/σ gives back the standard normal latents, position by position")
