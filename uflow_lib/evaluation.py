@@ -150,10 +150,11 @@ def compute_metrics(pred: dict[str, np.ndarray]) -> dict[str, float | None]:
     return {k: None if v is None else float(v) for k, v in res.items()}
 
 
-def nfa_not_applicable(method: str) -> str:
-    """Why the NFA is not computed for a baseline ``method``."""
-    return (f"the NFA does not apply to {method}: it has no latents that are N(0, I) under the null hypothesis, "
-            f"so there is no a contrario threshold (pass --no-nfa, or use a flow: uflow, msflow, sanflow)")
+def nfa_not_applicable(method: str, fix: bool = True) -> str:
+    """Why the NFA is not computed for a baseline ``method`` (``fix``: and what to do instead)."""
+    why = (f"the NFA does not apply to {method}: it has no latents that are N(0, I) under the null hypothesis, "
+           f"so there is no a contrario threshold")
+    return why + (" (pass --no-nfa, or use a flow: uflow, msflow, sanflow)" if fix else "")
 
 
 def no_masks_note(dataset) -> str:
@@ -194,7 +195,7 @@ def evaluate_model(
         if kwargs.get("nfa_scales") is not None:
             raise ValueError(f"--nfa-scales: {nfa_not_applicable(cfg.method)}")
         if nfa and log is not None:
-            log(f"note: {nfa_not_applicable(cfg.method).split(' (pass')[0]}; its mIoU metrics are not computed.")
+            log(f"note: {nfa_not_applicable(cfg.method, fix=False)}; its mIoU metrics are not computed.")
         nfa = False
     elif kwargs.get("nfa_scales") is None:
         kwargs["nfa_scales"] = default_nfa_scales(cfg.backbone, len(model.channels), latent_sides(model))

@@ -137,7 +137,7 @@ def predict_files(
     if not method.has_latents:
         if nfa_scales is not None:
             raise ValueError(f"--nfa-scales: {nfa_not_applicable(cfg.method)}")
-        log(f"note: no <stem>_nfa_mask.png: {nfa_not_applicable(cfg.method).split(' (pass')[0]}")
+        log(f"note: no <stem>_nfa_mask.png: {nfa_not_applicable(cfg.method, fix=False)}")
     elif nfa_scales is None:
         nfa_scales = default_nfa_scales(cfg.backbone, len(model.channels), latent_sides(model))
     suffixes = SUFFIXES if method.has_latents else SUFFIXES[:1]

@@ -79,6 +79,8 @@ class _Run:
     best: dict | None = None
     #: seconds :meth:`~uflow_lib.methods.base.FlowMethod.fit` took (the whole training of a baseline)
     fit_seconds: float = 0.0
+    #: :func:`~uflow_lib.validation.data_fingerprint` of the training images, stored in every checkpoint
+    fingerprint: str = ""
 
 
 def _batches(n: int, batch_size: int, seed: int) -> list[torch.Tensor]:
@@ -141,6 +143,7 @@ def _start(cfg: TrainConfig, progress: bool) -> _Run:
         method.fit(model, features, progress=progress)
     run = _Run(cfg, method, device, extractor, model, dataset, features, images)
     run.fit_seconds = time.monotonic() - t_fit
+    run.fingerprint = data_fingerprint(dataset.paths)  # once: the files do not change during the run
     run.optimizer = method.optimizer(cfg, model)
     return run
 
@@ -205,7 +208,7 @@ def _save_fitted(run: _Run, last: Path, weights_sha256: str | None) -> TrainResu
     record = dict(epoch=1, loss=None, loss_per_dim=None, seconds=run.fit_seconds)
     save_checkpoint(last, config=run.cfg.to_dict(), model=run.model.state_dict(), optimizer={}, epoch=1,
                     history=[record], best_on_test=None, weights_sha256=weights_sha256,
-                    data_fingerprint=data_fingerprint(run.dataset.paths))
+                    data_fingerprint=run.fingerprint)
     return TrainResult(last, 1, True, [record], None)
 
 
@@ -273,7 +276,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
             save_checkpoint(last, config=cfg.to_dict(), model=run.model.state_dict(),
                             optimizer=run.optimizer.state_dict(), epoch=epoch + 1, history=run.history,
                             best_on_test=run.best, weights_sha256=weights_sha256,
-                            data_fingerprint=data_fingerprint(run.dataset.paths))
+                            data_fingerprint=run.fingerprint)
             t_saved, run.saved_epoch = time.monotonic(), epoch + 1
         if stop:
             log(f"stopped after epoch {epoch + 1}/{cfg.epochs}: --max-minutes {cfg.max_minutes:g} reached; "
