@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import MVTEC_ROOT as ROOT, REPO, RESULTS, WEIGHTS, have_bottle
+from common import MVTEC_ROOT as ROOT, REPO, RESULTS, WEIGHTS, have_bottle, machine_line
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -125,8 +124,7 @@ def main() -> int:
         "# PatchCore and PaDiM on MVTec AD bottle (offline MobileNetV2, 256), through the command line", "",
         "Command: `python benchmarks/bench_baselines.py` (from the repository root; each command in a fresh process "
         "with 1 thread).", "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
-        f"{platform.python_version()}, torch {torch.__version__}; load average {load:.2f} at the start. \"fit\": the "
+        f"{machine_line(load)}. \"fit\": the "
         "seconds of the memory bank or statistics, from the checkpoint (after the features); the commands' times "
         "include starting Python, the backbone and the features. Peak memory: the resident set of the command's "
         "process. No setting was tuned: the papers' defaults (3×3 aggregation, 10 % coreset, b = 9, σ = 4; d = 100, "

@@ -20,12 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-from common import MVTEC_ROOT as ROOT, REPO, RESULTS, WEIGHTS, have_bottle
+from common import MVTEC_ROOT as ROOT, REPO, RESULTS, WEIGHTS, have_bottle, machine_line
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -129,9 +128,7 @@ def main() -> int:
     notes = [
         "# U-Flow, MSFlow and SANFlow on MVTec AD bottle (offline MobileNetV2, 256, seed 0, last epoch)", "",
         "Command: `python benchmarks/bench_methods.py` (from the repository root; 1 torch thread).", "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
-        f"{platform.python_version()}, torch {torch.__version__}; load average {load:.2f} at the start of this "
-        f"evaluation. Train times are the wall-clock seconds of the training epochs, recorded in each checkpoint "
+        f"{machine_line(load)} of this evaluation. Train times are the wall-clock seconds of the training epochs, recorded in each checkpoint "
         f"when it was trained (the machine is shared: they compare the methods' costs, not machines).", "",
         "Stages: U-Flow strides 8/16 (latents 32², 16²); MSFlow strides 4/8/16 pooled to 32²/16²/8²; SANFlow "
         "strides 8/16/32 (32², 16², 8²). Pixel AUROC on each method's pixel map (MSFlow: the sum map), AUPRO on "

@@ -21,11 +21,10 @@ import argparse
 import copy
 import math
 import os
-import platform
 import sys
 import time
 
-from common import MVTEC_ROOT as ROOT, RESULTS, WEIGHTS, have_bottle
+from common import MVTEC_ROOT as ROOT, RESULTS, WEIGHTS, have_bottle, machine_line
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -115,8 +114,7 @@ def main() -> int:
     lines = [
         "# SANFlow: one training epoch on MVTec AD bottle, plain against fast paths (same losses)", "",
         "Command: `python benchmarks/bench_sanflow_speed.py` (from the repository root; 1 torch thread).", "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
-        f"{platform.python_version()}, torch {torch.__version__}; load average {load:.2f} at the start. MobileNetV2 "
+        f"{machine_line(load)}. MobileNetV2 "
         f"at 256, batch {BATCH}, variance network at {VARIANCE_SIZE} px, {steps} steps ({len(images)} images).", "",
         "Where one plain step's time goes:", "", "| part | seconds |", "|---|---|",
         *[f"| {k} | {v:.3f} |" for k, v in parts.items()], "",

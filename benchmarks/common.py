@@ -7,6 +7,7 @@ Import it first in a script (``from common import ...``; the scripts' folder is 
 from __future__ import annotations
 
 import os
+import platform
 import sys
 from pathlib import Path
 
@@ -30,3 +31,13 @@ def have_bottle() -> bool:
         return True
     print("skipped: ../shared/data/mvtec_ad/bottle or ../shared/weights not found beside the repository")
     return False
+
+
+def machine_line(load: float | None = None) -> str:
+    """``Machine: <cpu>, <n> CPUs, Python <v>, torch <v>`` (and the 1-minute load average at the start, when
+    given; the machine is shared), for a results file."""
+    import torch
+
+    line = (f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
+            f"{platform.python_version()}, torch {torch.__version__}")
+    return line + ("" if load is None else f"; load average {load:.2f} at the start")

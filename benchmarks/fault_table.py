@@ -13,8 +13,8 @@ caches and outputs are restored before every case, since the old code may change
 Run from the repository root::
 
     python benchmarks/fault_table.py            # writes benchmarks/results/fault_table.md (~5 min on 2 CPUs)
-    git archive a60024a | (mkdir -p /tmp/before && tar -x -C /tmp/before)
-    python benchmarks/fault_table.py --before /tmp/before --before-label "commit a60024a"   # ~15 min
+    git archive a60024a | (mkdir -p runs/before && tar -x -C runs/before)
+    python benchmarks/fault_table.py --before runs/before --before-label "commit a60024a"   # ~15 min
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ every section, so a run stopped from outside keeps what it measured.
 (whose 448 input is too slow on a CPU); the outputs say so.
 
     python benchmarks/gpu_check.py                          # on the GPU machine, from the repository root
-    python benchmarks/gpu_check.py --device cpu --quick --out /tmp/gpu_check   # a test of this script
+    python benchmarks/gpu_check.py --device cpu --quick --out runs/gpu_check   # a test of this script
 
 Writes ``<out>/gpu_check.json`` and ``<out>/gpu_check.md`` (default ``--out benchmarks/results``).
 """

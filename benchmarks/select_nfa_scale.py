@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 from pathlib import Path
 
-from common import MVTEC_ROOT as ROOT, REPO, RESULTS, WEIGHTS, have_bottle
+from common import MVTEC_ROOT as ROOT, REPO, RESULTS, WEIGHTS, have_bottle, machine_line
 
 import torch  # noqa: E402
 
@@ -72,7 +70,7 @@ def main() -> int:
     (RESULTS / "nfa_scale_validation.json").write_text(json.dumps(results, indent=1) + "\n")
     lines = ["# The NFA scale chosen on validation (bottle's training images only)", "",
              "Command: `python benchmarks/select_nfa_scale.py` (from the repository root; 1 torch thread).", "",
-             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}. "
+             f"{machine_line()}. "
              f"Validation: `make-validation --fraction {FRACTION} --seed {SPLIT_SEED}` on bottle's train/good (each "
              "held-out image as a normal image and with one synthetic anomaly); training on the rest, the settings of "
              "benchmarks/bench_methods.py, last epoch. Tree NFA, valid bound, ε = 1. The test set is not read.", "",
