@@ -1,18 +1,19 @@
-"""U-Flow, MSFlow and SANFlow on real MVTec AD bottle, same protocol (book chapter 7).
+"""Every method of the library on real MVTec AD bottle, one protocol, three seeds (book chapter 7).
 
-Same backbone (the offline ImageNet MobileNetV2; each method reads its own stages), same input (256), same
-seed (0), same metrics code, the LAST epoch. Each method trains with its own recipe: U-Flow the paper's bottle
-row (200 epochs, batch 23, lr 1.129e-4), MSFlow its 100-epoch schedule (batch 8, lr 1e-4), SANFlow batch 8,
-lr 5e-4 (and, as a second run, 2e-3: a 15-epoch budget is far shorter than the recipe's) for 15 epochs with its variance network on 64-px images (one epoch is ~45 s on this CPU, most of it
-the variance network and the feature extraction it cannot cache; the authors' 200 epochs would take hours; its
-schedule is stretched to the run).
-The NFA (tree, valid bound) runs on every method's latents; for SANFlow on z/σ (its own null hypothesis) and,
-to show what breaks, on the raw z, whose variance is the predicted σ² ≈ 0.1.
+The flows (U-Flow, MSFlow, SANFlow) and the baselines (PatchCore, PaDiM) on the same features (the offline
+ImageNet MobileNetV2 at 256; each method reads its own stages), the same metrics code, the LAST epoch. Each
+training is ``python -m uflow_lib train --method M --backbone mobilenetv2 --seed S`` with NO other setting: the
+library's CNN defaults, chosen on a validation set (benchmarks/select_recipes.py; about 10 CPU minutes of one
+thread each). The script records the training time (from the checkpoint), the peak resident memory of the training
+command, and evaluates in this process: image and pixel AUROC, AUPRO, and for the flows the NFA (tree, valid
+bound, ε = 1) at the default scale and at every scale (SANFlow on z/σ, its own null hypothesis, and on the raw z,
+whose variance is the predicted σ², to show what breaks). Seeds 0, 1, 2: mean ± standard deviation (ddof 1).
 
-Writes benchmarks/results/methods_bottle.md and .json. Resumable: training runs live in --out.
-Needs ../shared (skips with a message otherwise).
+Writes one JSON per run and seed into --out (resumable; two processes can split the work with --runs), then
+benchmarks/results/methods_bottle.md and .json from every JSON found. Needs ../shared (skips with a message
+otherwise).
 
-    python benchmarks/bench_methods.py [--out runs/bench_methods] [--runs uflow msflow sanflow sanflow_lr2e-3]
+    python benchmarks/bench_methods.py [--runs uflow msflow sanflow patchcore padim] [--seeds 0 1 2]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,25 +33,41 @@ import torch  # noqa: E402
 
 from uflow_lib import metrics as M  # noqa: E402
 from uflow_lib.checkpoint import load_trained  # noqa: E402
-from uflow_lib.config import TrainConfig  # noqa: E402
 from uflow_lib.data import MVTecDataset  # noqa: E402
 from uflow_lib.evaluation import EVAL_SIZE, compute_metrics, default_nfa_scales, latent_sides, predict_maps  # noqa: E402
+from uflow_lib.methods import get_method  # noqa: E402
 from uflow_lib.nfa import tree_nfa  # noqa: E402
 from uflow_lib.scoring import mean_z2  # noqa: E402
-from uflow_lib.training import train  # noqa: E402
 
-VARIANCE_SIZE = 64  # SANFlow's variance network input side (CPU budget)
-#: run name → (method, overrides of its recipe); None: the method's own default for bottle
-RUNS = {
-    "uflow": ("uflow", {}),
-    "msflow": ("msflow", {}),
-    "sanflow": ("sanflow", dict(epochs=15)),
-    "sanflow_lr2e-3": ("sanflow", dict(epochs=15, lr=2e-3)),  # 4× the recipe's lr for a 15-epoch budget
-}
-NAMES = {"uflow": "U-Flow", "msflow": "MSFlow", "sanflow": "SANFlow", "sanflow_lr2e-3": "SANFlow, lr 2e-3"}
+RUNS = ["uflow", "msflow", "sanflow", "patchcore", "padim"]
+NAMES = {"uflow": "U-Flow", "msflow": "MSFlow", "sanflow": "SANFlow", "patchcore": "PatchCore (10 % coreset)",
+         "padim": "PaDiM (d = 100)"}
+SEEDS = [0, 1, 2]
+
+#: Runs ``python -m uflow_lib`` with sys.argv set, then writes the process's peak resident set (KiB) to a file.
+_WRAP = ("import atexit, os, resource, runpy, sys; sys.argv = ['uflow_lib', *sys.argv[1:]]; "
+         "atexit.register(lambda: open(os.environ['BENCH_RSS_FILE'], 'w').write("
+         "str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))); runpy.run_module('uflow_lib', run_name='__main__')")
+
+
+def train_command(run: str, seed: int, out: Path) -> tuple[Path, float, float]:
+    """``python -m uflow_lib train`` with the library's defaults in a fresh 1-thread process → (checkpoint,
+    wall seconds, peak resident memory in MB)."""
+    folder = out / f"{run}_seed{seed}"
+    rss = out / f"peak_rss_{run}_{seed}.txt"
+    args = ["train", "--method", run, "--data", str(ROOT), "--category", "bottle", "--backbone", "mobilenetv2",
+            "--weights", str(WEIGHTS), "--device", "cpu", "--seed", str(seed), "--no-progress", "--out", str(folder)]
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", _WRAP, *args], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                               "BENCH_RSS_FILE": str(rss)})
+    if done.returncode != 0:
+        raise SystemExit(f"python -m uflow_lib {' '.join(args)} failed:\n{done.stderr}")
+    return folder / "last.pt", time.monotonic() - t0, int(rss.read_text()) / 1024  # ru_maxrss: KiB on Linux
 
 
 def nfa_row(latents: list[torch.Tensor], pred: dict, scales) -> dict:
+    """mIoU (automatic and oracle) of the tree NFA at ``scales``, and how many images it marks."""
     nfa = tree_nfa(latents, EVAL_SIZE, bound="valid", scales=scales)[:, 0].numpy()
     good = pred["label"] == 0
     return dict(miou_auto=M.miou(nfa > 0, pred["mask"]), miou_oracle=M.oracle_miou(nfa, pred["mask"])[0],
@@ -57,93 +75,150 @@ def nfa_row(latents: list[torch.Tensor], pred: dict, scales) -> dict:
                 detected_defective=int(((nfa > 0).reshape(len(nfa), -1).any(1) & ~good).sum()))
 
 
-def bench(run: str, out: Path, epochs: int | None = None) -> dict:
-    method, overrides = RUNS[run]
-    overrides = {**overrides, **({} if epochs is None else dict(epochs=epochs))}
-    cfg = TrainConfig(data=str(ROOT), category="bottle", out=str(out / run), method=method, backbone="mobilenetv2",
-                      weights=str(WEIGHTS), cache_dir=str(out / "cache"), device="cpu", variance_size=VARIANCE_SIZE,
-                      **overrides)
-    res = train(cfg, progress=False)
-    cfg_r, extractor, model, ckpt = load_trained(res.checkpoint, "cpu")
-    test = MVTecDataset(ROOT, "bottle", "test", input_size=cfg_r.input_size, mask_size=EVAL_SIZE)
-    sides = latent_sides(model)
-    scales = default_nfa_scales("mobilenetv2", len(sides), sides)
+def evaluate(run: str, checkpoint: Path) -> dict:
+    """Metrics of a trained run on bottle's test set; for the flows, the NFA at every scale too."""
+    cfg, extractor, model, ckpt = load_trained(checkpoint, "cpu")
+    test = MVTecDataset(ROOT, "bottle", "test", input_size=cfg.input_size, mask_size=EVAL_SIZE)
+    flow = get_method(cfg.method).has_latents
+    sides = latent_sides(model) if flow else []
+    scales = default_nfa_scales("mobilenetv2", len(sides), sides) if flow else None
     t0 = time.process_time()
-    pred = predict_maps(model, extractor, test, nfa="tree", nfa_scales=scales, progress=False, keep_latents=True)
-    per_image = (time.process_time() - t0) / len(test)  # scores and the default NFA
-    latents = pred.pop("latents")
-    row = dict(run=run, method=method, epochs=int(ckpt["epoch"]), batch_size=cfg_r.batch_size, lr=cfg_r.lr,
+    pred = predict_maps(model, extractor, test, nfa="tree" if flow else None, nfa_scales=scales, progress=False,
+                        keep_latents=flow)
+    per_image = (time.process_time() - t0) / len(test)
+    latents = pred.pop("latents", None)
+    train_seconds = sum(h["seconds"] for h in ckpt["history"])
+    row = dict(method=cfg.method, epochs=int(ckpt["epoch"]), batch_size=cfg.batch_size, lr=cfg.lr,
                parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
-               train_seconds=sum(h["seconds"] for h in ckpt["history"]), test_cpu_seconds_per_image=per_image,
-               latent_sides=sides, nfa_scales=scales, **compute_metrics(pred))
+               train_seconds=train_seconds, test_cpu_seconds_per_image=per_image, latent_sides=sides,
+               nfa_scales=scales, **compute_metrics(pred))
+    if not flow:
+        return row
     variants = {f"scale {i} ({s}²)": [i] for i, s in enumerate(sides)}
     variants["all scales"] = None
     row["nfa_variants"] = {name: nfa_row(latents, pred, sc) for name, sc in variants.items()}
-    if method == "sanflow":  # the raw z: N(0, σ²) with σ² ≈ 0.1, not N(0, 1)
+    if cfg.method == "sanflow":  # the raw z: N(0, σ²) with the predicted σ², not N(0, 1)
         raw = [z * torch.from_numpy(pred[f"variance{i}"]).sqrt()[:, None] for i, z in enumerate(latents)]
         row["mean_z2_raw_normal"] = float(mean_z2(raw).numpy()[pred["label"] == 0].mean())
-        row["variance_normal_images"] = float(np.mean([pred[f"variance{i}"][pred["label"] == 0].mean()
-                                                        for i in range(len(sides))]))
-        row["variance_defective_images"] = float(np.mean([pred[f"variance{i}"][pred["label"] == 1].mean()
-                                                           for i in range(len(sides))]))
+        for name, label in (("variance_normal_images", 0), ("variance_defective_images", 1)):
+            row[name] = float(np.mean([pred[f"variance{i}"][pred["label"] == label].mean() for i in range(len(sides))]))
         row["nfa_variants"]["raw z, default scale"] = nfa_row(raw, pred, scales)
     return row
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["| method | parameters | epochs | train time | pixel AUROC | image AUROC | AUPRO | mIoU auto | mIoU oracle "
-             "| good images with a detection (of 20) | mean z² normal |", "|" + "---|" * 11]
-    for r in rows:
-        aupro = f"{r['aupro']:.4f}" + (f" ({r['aupro_pixel_map']:.4f} on the sum map)" if "aupro_pixel_map" in r else "")
-        lines.append(f"| {NAMES[r['run']]} | {r['parameters']:,} | {r['epochs']} | {r['train_seconds'] / 60:.1f} min "
-                     f"| {r['pixel_auroc']:.4f} | {r['image_auroc']:.4f} | {aupro} | {r['miou_auto']:.4f} "
-                     f"| {r['miou_oracle']:.4f} | {int(r['false_detections_normal'])} | {r['mean_z2_normal']:.3f} |")
-    lines += ["", "NFA (tree, valid bound, ε = 1) on each method's latents, by scale:", "",
-              "| method | NFA input | mIoU auto | mIoU oracle | good images with a detection | defective images with a detection (of 63) |",
-              "|---|---|---|---|---|---|"]
-    for r in rows:
-        for name, v in r["nfa_variants"].items():
-            lines.append(f"| {NAMES[r['run']]} | {name} | {v['miou_auto']:.4f} | {v['miou_oracle']:.4f} "
-                         f"| {v['false_detections']} | {v['detected_defective']} |")
+def _cell(group: list[dict], key: str, digits: int = 4) -> str:
+    values = [r[key] for r in group if r.get(key) is not None]
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def summary(rows: list[dict]) -> str:
+    """The comparison: mean ± std over seeds of each run."""
+    lines = ["| method | seeds | image AUROC | pixel AUROC | AUPRO | mIoU auto (NFA) | train time | peak memory "
+             "(train) | parameters or memory bank |", "|" + "---|" * 9]
+    for run in (r for r in RUNS if any(x["run"] == r for x in rows)):
+        g = [r for r in rows if r["run"] == run]
+        minutes = [r["train_seconds"] / 60 for r in g]
+        size = (f"{g[0]['parameters']:,} parameters" if g[0]["parameters"] else
+                f"{g[0]['model_mb']:.0f} MB of {'memory bank' if run == 'patchcore' else 'statistics'}")
+        lines.append(f"| {NAMES[run]} | {len(g)} | {_cell(g, 'image_auroc')} | {_cell(g, 'pixel_auroc')} | "
+                     f"{_cell(g, 'aupro')} | {_cell(g, 'miou_auto') if run in ('uflow', 'msflow', 'sanflow') else 'does not apply'} | "
+                     f"{np.mean(minutes):.1f} min | {np.max([r['train_peak_rss_mb'] for r in g]) / 1024:.1f} GiB | "
+                     f"{size} |")
     return "\n".join(lines)
+
+
+def details(rows: list[dict]) -> str:
+    """Each run and seed."""
+    lines = ["| method | seed | epochs | batch | lr | image AUROC | pixel AUROC | AUPRO | mIoU auto | train time "
+             "| train command | peak memory |", "|" + "---|" * 12]
+    for r in rows:
+        aupro = f"{r['aupro']:.4f}" + (f" (sum map {r['aupro_pixel_map']:.4f})" if r.get("aupro_pixel_map") else "")
+        miou = "—" if r.get("miou_auto") is None else f"{r['miou_auto']:.4f}"
+        lines.append(f"| {NAMES[r['run']]} | {r['seed']} | {r['epochs']} | {r['batch_size']} | {r['lr']:.4g} | "
+                     f"{r['image_auroc']:.4f} | {r['pixel_auroc']:.4f} | {aupro} | {miou} | "
+                     f"{r['train_seconds'] / 60:.1f} min | {r['train_command_seconds'] / 60:.1f} min | "
+                     f"{r['train_peak_rss_mb']:.0f} MB |")
+    return "\n".join(lines)
+
+
+def nfa_table(rows: list[dict]) -> str:
+    lines = ["| method | NFA input | mIoU auto | mIoU oracle | good images with a detection (of 20) | defective "
+             "images with a detection (of 63) |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["seed"] == 0 and "nfa_variants" in r:
+            for name, v in r["nfa_variants"].items():
+                lines.append(f"| {NAMES[r['run']]} | {name} | {v['miou_auto']:.4f} | {v['miou_oracle']:.4f} "
+                             f"| {v['false_detections']} | {v['detected_defective']} |")
+    return "\n".join(lines)
+
+
+def report(out: Path, load: float | None) -> str:
+    rows = [json.loads(p.read_text()) for p in sorted(out.glob("result_*.json"))]
+    rows.sort(key=lambda r: (RUNS.index(r["run"]), r["seed"]))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "methods_bottle.json").write_text(json.dumps(rows, indent=1) + "\n")
+    notes = [
+        "# Every method on MVTec AD bottle (offline MobileNetV2, 256, last epoch, 3 seeds)", "",
+        "Command: `python benchmarks/bench_methods.py` (from the repository root; each training a fresh process "
+        "with 1 thread).", "",
+        f"{machine_line(load)}. Each training is `python -m uflow_lib train --method M --backbone mobilenetv2 "
+        "--seed S` with no other setting: the library's CNN defaults, chosen on a validation set "
+        "(`benchmarks/results/recipe_validation.md`; the baselines have the papers' defaults and no training). "
+        "Train time: the seconds of the training epochs (the baselines: of the fit), from the checkpoint, after the "
+        "features (cached for U-Flow, MSFlow and the baselines; SANFlow recomputes them for every augmented batch); "
+        "two to four processes shared the 2 cores, so times are 1.2–2× those of a run alone (SANFlow's 25 epochs: "
+        "about 9.6 minutes alone, 23 s per epoch). Peak "
+        "memory: the resident set of the training command's process.", "",
+        "Pixel AUROC on each method's pixel map (MSFlow: the sum map), AUPRO on the map its paper uses (MSFlow: "
+        "the product map; its sum map in the per-seed table). mIoU auto: the tree NFA (valid bound, ε = 1) at the "
+        "default scale (the one nearest 16², `uflow_lib.evaluation.default_nfa_scales`); the NFA needs latents "
+        "that are N(0, I) on normal data, so it does not apply to the baselines.", "",
+        summary(rows), "", "Each run:", "", details(rows), "",
+        "NFA (tree, valid bound, ε = 1) on each flow's latents, by scale (seed 0):", "", nfa_table(rows), "",
+    ]
+    for r in rows:
+        if "variance_normal_images" in r and r["seed"] == 0:
+            notes += [f"SANFlow, seed 0: predicted variance (mode of the inverse gamma) "
+                      f"{r['variance_normal_images']:.3f} on good test images, {r['variance_defective_images']:.3f} "
+                      f"on defective ones (prior mode 0.1); mean z² of the raw latents on good images "
+                      f"{r['mean_z2_raw_normal']:.3f}, of z/σ {r['mean_z2_normal']:.3f}.", ""]
+    text = "\n".join(notes)
+    (RESULTS / "methods_bottle.md").write_text(text)
+    return text
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(REPO / "runs" / "bench_methods"))
-    ap.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
-    ap.add_argument("--epochs", type=int, help="override every run's epochs (a quick check of this script)")
+    ap.add_argument("--runs", nargs="+", default=RUNS, choices=RUNS)
+    ap.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
+    ap.add_argument("--report-only", action="store_true", help="only write the results files from --out")
     args = ap.parse_args()
     if not have_bottle():
         return 0
     torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()[0]
-    rows = []
-    for run in args.runs:
-        rows.append(bench(run, Path(args.out), args.epochs))
-        print(json.dumps({k: v for k, v in rows[-1].items() if k != "nfa_variants"}), flush=True)
-    results = RESULTS
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "methods_bottle.json").write_text(json.dumps(rows, indent=1) + "\n")
-    notes = [
-        "# U-Flow, MSFlow and SANFlow on MVTec AD bottle (offline MobileNetV2, 256, seed 0, last epoch)", "",
-        "Command: `python benchmarks/bench_methods.py` (from the repository root; 1 torch thread).", "",
-        f"{machine_line(load)} of this evaluation. Train times are the wall-clock seconds of the training epochs, recorded in each checkpoint "
-        f"when it was trained (the machine is shared: they compare the methods' costs, not machines).", "",
-        "Stages: U-Flow strides 8/16 (latents 32², 16²); MSFlow strides 4/8/16 pooled to 32²/16²/8²; SANFlow "
-        "strides 8/16/32 (32², 16², 8²). Pixel AUROC on each method's pixel map (MSFlow: the sum map), AUPRO on "
-        "the map its paper uses (MSFlow: the product map; the sum map in brackets). mIoU: tree NFA, valid bound, "
-        "at the default scale (the one nearest 16², `uflow_lib.evaluation.default_nfa_scales`).", "",
-        table(rows), "",
-    ]
-    for r in rows:
-        if "variance_normal_images" in r:
-            notes += [f"{NAMES[r['run']]}: predicted variance (mode of the inverse gamma) "
-                      f"{r['variance_normal_images']:.3f} on good test images, {r['variance_defective_images']:.3f} "
-                      f"on defective ones (prior mode 0.1); mean z² of the raw latents on good images "
-                      f"{r['mean_z2_raw_normal']:.3f}, of z/σ {r['mean_z2_normal']:.3f}.", ""]
-    (results / "methods_bottle.md").write_text("\n".join(notes))
-    print(table(rows))
+    if not args.report_only:
+        for run in args.runs:
+            for seed in args.seeds:
+                path = out / f"result_{run}_seed{seed}.json"
+                if path.is_file():
+                    continue
+                checkpoint, wall, rss = train_command(run, seed, out)
+                ckpt = torch.load(checkpoint, weights_only=True, map_location="cpu")
+                model_mb = sum(v.numel() * v.element_size() for v in ckpt["model"].values()
+                               if torch.is_tensor(v)) / 1e6
+                row = dict(run=run, seed=seed, train_command_seconds=wall, train_peak_rss_mb=rss, model_mb=model_mb,
+                           **evaluate(run, checkpoint))
+                path.write_text(json.dumps(row, indent=1) + "\n")
+                print(json.dumps({k: v for k, v in row.items() if k != "nfa_variants"}), flush=True)
+    print(report(out, load))
     return 0
 
 

@@ -156,7 +156,12 @@ def test_nfa_scales_help_states_the_default_rule():
 
 def test_default_settings_in_help_match_the_code():
     subs = _subparsers(build_parser())
-    outside = resolve(TrainConfig(data="d", category="not_in_the_table", out="o", backbone="mobilenetv2"))
+    outside = resolve(TrainConfig(data="d", category="not_in_the_table", out="o", backbone="resnet18"))
+    for method in ("uflow", "msflow", "sanflow"):  # with mobilenetv2: the values chosen on validation
+        r = resolve(TrainConfig(data="d", category="bottle", out="o", backbone="mobilenetv2", method=method))
+        for name in ("train", "reproduce"):
+            assert (f"{method} {r.epochs} epochs, batch {r.batch_size}, lr {r.lr:g}"
+                    in " ".join(subs[name].description.split())), (name, method)
     for name in ("train", "reproduce"):
         stated = re.search(r"(\d+) epochs, batch (\d+), lr (\S+) for a category outside it",
                            " ".join(subs[name].description.split()))
@@ -175,8 +180,8 @@ def test_default_settings_in_help_match_the_code():
 PARSES = [
     (["train", "--data", "D", "--category", "bottle", "--out", "O"],
      dict(command="train", data="D", category="bottle", out="O", method="uflow", backbone="mcait", weights=None,
-          random_weights=False, epochs=None, batch_size=None, lr=None, input_size=None, flow_steps=4,
-          variance_size=128, norm=None, max_minutes=None, eval_every=0, cache_dir=None, checkpoint_every=1, checkpoint_minutes=None, seed=0, device="auto",
+          random_weights=False, epochs=None, batch_size=None, lr=None, input_size=None, flow_steps=4, subnet_kernels=None, strides=None,
+          variance_size=64, norm=None, max_minutes=None, eval_every=0, cache_dir=None, checkpoint_every=1, checkpoint_minutes=None, seed=0, device="auto",
           no_progress=False, coreset_ratio=0.1, padim_channels=100, **NO_LAYOUT)),
     (["train", "--method", "sanflow", "--data", "D", "--category", "texture", "--backbone", "mobilenetv2",
       "--weights", "W.pth", "--random-weights", "--epochs", "3", "--batch-size", "4", "--lr", "1e-3",
@@ -184,14 +189,14 @@ PARSES = [
       "--max-minutes", "1.5", "--eval-every", "1", "--cache-dir", "C", "--seed", "7", "--device", "cpu",
       "--out", "O", "--no-progress", "--coreset-ratio", "0.5", "--padim-channels", "50"],
      dict(command="train", data="D", category="texture", out="O", method="sanflow", backbone="mobilenetv2",
-          weights="W.pth", random_weights=True, epochs=3, batch_size=4, lr=1e-3, input_size=128, flow_steps=2,
+          weights="W.pth", random_weights=True, epochs=3, batch_size=4, lr=1e-3, input_size=128, flow_steps=2, subnet_kernels=None, strides=None,
           variance_size=0, norm="layernorm", max_minutes=1.5, eval_every=1, cache_dir="C", checkpoint_every=1, checkpoint_minutes=None, seed=7, device="cpu",
           no_progress=True, coreset_ratio=0.5, padim_channels=50, **NO_LAYOUT)),
     (["train", "--normal-dir", "N", "--abnormal-dir", "A", "--mask-dir", "M", "--normal-split", "0.25",
       "--split-seed", "3", "--layout", "folder", "--out", "O"],
      dict(command="train", data=None, category=None, out="O", method="uflow", backbone="mcait", weights=None,
-          random_weights=False, epochs=None, batch_size=None, lr=None, input_size=None, flow_steps=4,
-          variance_size=128, norm=None, max_minutes=None, eval_every=0, cache_dir=None, checkpoint_every=1,
+          random_weights=False, epochs=None, batch_size=None, lr=None, input_size=None, flow_steps=4, subnet_kernels=None, strides=None,
+          variance_size=64, norm=None, max_minutes=None, eval_every=0, cache_dir=None, checkpoint_every=1,
           checkpoint_minutes=None, seed=0, device="auto", no_progress=False, coreset_ratio=0.1, padim_channels=100,
           layout="folder", normal_dir="N",
           abnormal_dir="A", mask_dir="M", normal_test_dir=None, normal_split=0.25, split_seed=3)),

@@ -26,8 +26,11 @@ def test_category_table_fills_defaults():
     cfg = resolve(TrainConfig(data=".", category="bottle", out="."))
     assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.input_size, cfg.norm) == (200, 23, 1.1290e-4, 448, "identity")
     assert len(CATEGORY_SETTINGS) == 15
-    cnn = resolve(TrainConfig(data=".", category="texture", out=".", backbone="mobilenetv2"))
+    cnn = resolve(TrainConfig(data=".", category="texture", out=".", backbone="resnet18"))
     assert (cnn.epochs, cnn.batch_size, cnn.lr, cnn.input_size, cnn.norm) == (200, 8, 1e-4, 256, "standardize")
+    # MobileNetV2: the setting validation chose, for every category (benchmarks/results/recipe_validation.md)
+    mob = resolve(TrainConfig(data=".", category="texture", out=".", backbone="mobilenetv2"))
+    assert (mob.epochs, mob.batch_size, mob.lr, mob.input_size, mob.norm) == (200, 23, 1.129e-4, 256, "standardize")
 
 
 def test_resume_continues_exactly(tiny_root, tmp_path):

@@ -53,11 +53,20 @@ examples:
   python -m uflow_lib train --data mvtec_ad --category bottle --backbone mcait --out runs/bottle
 """
 
-#: Where unset epochs, batch size and learning rate come from (the method's recipe for the category).
-_SETTINGS_SOURCE = (
-    "the paper's per-category table for uflow (200 epochs, batch 8, lr 1e-4 for a category outside it), the "
-    "method's own recipe for msflow/sanflow"
-)
+def _settings_source() -> str:
+    """Where unset epochs, batch size and learning rate come from, with the validated MobileNetV2 values."""
+    from .methods import FLOWS, get_method
+    from .methods.base import VALIDATED_BACKBONE
+
+    chosen = "; ".join(f"{m} {r.epochs} epochs, batch {r.batch_size}, lr {r.lr:g}" for m in FLOWS
+                       if (r := get_method(m).validated_recipe) is not None)
+    return ("the paper's per-category table for uflow (200 epochs, batch 8, lr 1e-4 for a category outside it), the "
+            "method's own recipe for msflow/sanflow"
+            + (f"; with --backbone {VALIDATED_BACKBONE}, the settings chosen on a validation set ({chosen})"
+               if chosen else ""))
+
+
+_SETTINGS_SOURCE = _settings_source()
 
 # Options shared by several subcommands are declared once, in these parent parsers (argparse ``parents=``), so
 # their names, defaults and help texts cannot drift apart. Each function returns a fresh parent. A subcommand's
@@ -237,13 +246,19 @@ def _add_train(sub) -> None:
                    help=f"image side in pixels (default: {DEFAULT_INPUT_SIZE['mcait']} for mcait, which needs it; "
                         f"{DEFAULT_INPUT_SIZE['mobilenetv2']} for CNN backbones)")
     p.add_argument("--flow-steps", type=int, default=4, help="U-Flow: coupling blocks per flow stage (default: 4)")
+    p.add_argument("--subnet-kernels", type=int, nargs="+", metavar="K",
+                   help="U-Flow option (not the paper's): kernel side of each flow step's subnet, e.g. 1 1 1 1 "
+                        "(default: the paper's 3 1 3 1); benchmarks/results/uflow_options.md measures it")
+    p.add_argument("--strides", type=int, nargs="+", metavar="S",
+                   help="U-Flow option on CNN backbones: feature strides, fine → coarse, e.g. 4 8 16 (default: the "
+                        "backbone's, 8 16 for mobilenetv2)")
     p.add_argument("--coreset-ratio", type=float, default=0.1,
                    help="PatchCore: fraction of the training patch features kept in the memory bank by the greedy "
                         "coreset (default 0.1; 1 keeps them all)")
     p.add_argument("--padim-channels", type=int, default=100,
                    help="PaDiM: size of the random channel subset (default 100, the paper's for ResNet18)")
-    p.add_argument("--variance-size", type=int, default=128,
-                   help="SANFlow: image side the variance network sees (0 = the full input; default 128)")
+    p.add_argument("--variance-size", type=int, default=64,
+                   help="SANFlow: image side the variance network sees (0 = the full input; default 64)")
     p.add_argument("--norm", choices=["standardize", "layernorm", "layernorm_noaffine", "identity"],
                    help="U-Flow: feature normalisation (default: standardize for CNNs, identity for mcait)")
     p.add_argument("--seed", type=int, default=0,
@@ -377,7 +392,8 @@ def _train(a) -> int:
         data=a.data, category=a.category, out=a.out, method=a.method, variance_size=a.variance_size,
         backbone=a.backbone, weights=a.weights,
         pretrained=not a.random_weights, input_size=a.input_size, epochs=a.epochs, batch_size=a.batch_size,
-        lr=a.lr, flow_steps=a.flow_steps, coreset_ratio=a.coreset_ratio, padim_channels=a.padim_channels,
+        lr=a.lr, flow_steps=a.flow_steps, subnet_kernels=a.subnet_kernels, strides=a.strides,
+        coreset_ratio=a.coreset_ratio, padim_channels=a.padim_channels,
         norm=a.norm, seed=a.seed, max_minutes=a.max_minutes,
         eval_every=a.eval_every, cache_dir=a.cache_dir, device=a.device, checkpoint_every=a.checkpoint_every,
         checkpoint_minutes=a.checkpoint_minutes, **_layout_options(a),

@@ -53,14 +53,21 @@ class TrainConfig:
     lr: float | None = None
     #: Adam's L2 weight decay (U-Flow), paper: 1e-5
     weight_decay: float = 1e-5
-    #: SANFlow only: side of the image the variance network sees (0: the full input; 128 keeps a CPU epoch short)
-    variance_size: int = 128
+    #: SANFlow only: side of the image the variance network sees (0: the full input; 64 keeps a CPU epoch near
+    #: 23 s on bottle, one thread; at 128 the network alone takes two thirds of a step)
+    variance_size: int = 64
     #: PatchCore only: fraction of the training patch features the greedy coreset keeps in the memory bank (1: all)
     coreset_ratio: float = 0.1
     #: PaDiM only: size d of the random channel subset, paper: 100 (ResNet18)
     padim_channels: int = 100
     #: U-Flow only: AllInOneBlocks per flow stage, paper: 4
     flow_steps: int = 4
+    #: U-Flow only, an option beside the paper: kernel side of each flow step's subnet, one per step (None: the
+    #: paper's 3, 1, 3, 1, ...; e.g. [1, 1, 1, 1] keeps a defect's score from spreading to its neighbours)
+    subnet_kernels: list[int] | None = None
+    #: U-Flow on a CNN backbone only, an option beside the paper: the feature strides read, fine → coarse, each
+    #: twice the previous (None: the backbone's default, 8/16 for mobilenetv2; e.g. [4, 8, 16])
+    strides: list[int] | None = None
     #: U-Flow only: feature normalisation (see uflow_lib.methods.uflow); None → "identity" for mcait,
     #: "standardize" for CNNs
     norm: str | None = None

@@ -133,7 +133,7 @@ def _start(cfg: TrainConfig, progress: bool) -> _Run:
                                                                 disable=not progress, leave=False)])
     else:
         key = dict(backbone=cfg.backbone, weights=cfg.weights, pretrained=cfg.pretrained, size=cfg.input_size,
-                   stages=method.out_indices(cfg.backbone), **({} if cfg.cait_blocks is None else
+                   stages=method.stages(cfg), **({} if cfg.cait_blocks is None else
                                                                 dict(cait_blocks=list(cfg.cait_blocks))))
         raw = cached_features(extractor, dataset, cfg.cache_dir, key, device=device, progress=progress,
                               desc="train features")

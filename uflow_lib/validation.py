@@ -93,6 +93,7 @@ def check_train_settings(cfg) -> None:
     whole("batch_size", "--batch-size", cfg.batch_size, 1, 8)
     whole("flow_steps", "--flow-steps", cfg.flow_steps, 1, 4)
     whole("padim_channels", "--padim-channels", cfg.padim_channels, 1, 100)
+    _check_uflow_options(cfg)
     if not (isinstance(cfg.coreset_ratio, (int, float)) and 0 < cfg.coreset_ratio <= 1):
         raise UserInputError(f"--coreset-ratio must be a fraction in (0, 1], got {cfg.coreset_ratio!r}; pass e.g. "
                              "--coreset-ratio 0.1 (1 keeps every patch feature)")
@@ -109,7 +110,7 @@ def check_train_settings(cfg) -> None:
     if cfg.max_minutes is not None and not (math.isfinite(cfg.max_minutes) and cfg.max_minutes >= 0):
         raise UserInputError(f"--max-minutes must be >= 0 minutes, got {cfg.max_minutes!r}; pass e.g. "
                              f"--max-minutes 60, or leave it out for no limit")
-    check_input_size(cfg.method, cfg.backbone, cfg.input_size)
+    check_input_size(cfg.method, cfg.backbone, cfg.input_size, cfg.strides)
     if cfg.weights is not None and not cfg.pretrained:
         raise UserInputError(f"--weights {cfg.weights} and --random-weights contradict each other (a weights file "
                              f"is not random); drop one of them")
@@ -123,7 +124,31 @@ def check_train_settings(cfg) -> None:
                                     f"--weights to download ImageNet weights from the hub (needs internet)")
 
 
-def input_size_multiple(method: str, backbone: str) -> int:
+def _check_uflow_options(cfg) -> None:
+    """``--subnet-kernels`` and ``--strides``: U-Flow's options, each refused with the fix where it cannot work."""
+    for option, value in (("--subnet-kernels", cfg.subnet_kernels), ("--strides", cfg.strides)):
+        if value is not None and cfg.method != "uflow":
+            raise UserInputError(f"{option} is an option of --method uflow only (got --method {cfg.method}); drop it")
+    k = cfg.subnet_kernels
+    if k is not None and (len(k) != cfg.flow_steps or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
+                                                          or v % 2 == 0 for v in k)):
+        raise UserInputError(f"--subnet-kernels needs {cfg.flow_steps} odd sides >= 1, one per flow step "
+                             f"(--flow-steps {cfg.flow_steps}), got {list(k)}; pass e.g. --subnet-kernels "
+                             + " ".join(["1"] * cfg.flow_steps))
+    st = cfg.strides
+    if st is None:
+        return
+    if cfg.backbone == "mcait":
+        raise UserInputError("--strides applies to CNN backbones (MS-CaiT gives two fixed maps); use --backbone "
+                             "mobilenetv2, resnet18 or wide_resnet50_2, or drop --strides")
+    ok = (len(st) >= 2 and all(isinstance(v, int) and v in (2, 4, 8, 16, 32) for v in st)
+          and all(b == 2 * a for a, b in zip(st, st[1:])))
+    if not ok:
+        raise UserInputError(f"--strides must be 2 or more of 2, 4, 8, 16, 32, each twice the previous (U-Flow "
+                             f"joins each scale to the next coarser one), got {list(st)}; pass e.g. --strides 4 8 16")
+
+
+def input_size_multiple(method: str, backbone: str, strides=None) -> int:
     """The number an input side must be a multiple of: the stride of the coarsest backbone stage the method reads.
 
     timm's CNN stage ``i`` has stride ``2**(i + 1)`` (resnet18, wide_resnet50_2, mobilenetv2), so U-Flow and
@@ -135,11 +160,13 @@ def input_size_multiple(method: str, backbone: str) -> int:
 
     if backbone == "mcait":
         return BACKBONES["mcait"].default_input_size
+    if strides is not None:  # U-Flow's option
+        return max(strides)
     indices = get_method(method).out_indices(backbone) or BACKBONES[backbone].out_indices
     return 2 ** (max(indices) + 1)
 
 
-def check_input_size(method: str, backbone: str, size) -> None:
+def check_input_size(method: str, backbone: str, size, strides=None) -> None:
     """Refuse an input side the backbone's strides do not divide; the message lists working sizes near it."""
     if isinstance(size, bool) or not isinstance(size, int):
         raise UserInputError(f"--input-size must be a whole number of pixels, got {size!r}")
@@ -149,7 +176,7 @@ def check_input_size(method: str, backbone: str, size) -> None:
                                  f"embeddings are fixed at 448 px; pass --input-size 448 (or leave it out), or "
                                  f"use a CNN backbone (mobilenetv2, resnet18) for other sizes")
         return
-    m = input_size_multiple(method, backbone)
+    m = input_size_multiple(method, backbone, strides)
     if size >= m and size % m == 0:
         return
     below = (size // m) * m

@@ -64,7 +64,7 @@ def architecture(cfg: TrainConfig) -> dict:
 
 def build_extractor_for(cfg: TrainConfig) -> FeatureExtractor:
     """The frozen extractor a config names, with the backbone stages its method reads."""
-    indices = get_method(cfg.method).out_indices(cfg.backbone)
+    indices = get_method(cfg.method).stages(cfg)
     extra = {} if cfg.cait_blocks is None else dict(cait_blocks=tuple(cfg.cait_blocks))
     return build_extractor(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.weights, out_indices=indices, **extra)
 

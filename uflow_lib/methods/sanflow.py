@@ -406,6 +406,9 @@ class SANFlowMethod(FlowMethod):
     #: 10× the recipe's lr for a few hundred CPU steps; the variance network sees 64-px images, most of a step's cost
     cpu_recipe = Recipe(10, 8, 2e-3)
     cpu_overrides = {"variance_size": 64}
+    #: MobileNetV2: of the recipe's lr and 4× it (25 epochs, about 10 CPU minutes at batch 8), validation chose 4×
+    #: (recipe_validation.md)
+    validated_recipe = Recipe(25, 8, 2e-3)
 
     def recipe(self, category):
         return RECIPE
