@@ -20,12 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from common import MVTEC_ROOT as ROOT, REPO, RESULTS, WEIGHTS, have_bottle, machine_line
+from common import MVTEC_ROOT as ROOT, REPO, RESULTS, WEIGHTS, have_bottle, machine_line, run_cli
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -42,24 +40,6 @@ NAMES = {"patchcore": "PatchCore, 10 % coreset", "patchcore_full": "PatchCore, f
          "padim": "PaDiM, d = 100"}
 
 
-#: Runs ``python -m uflow_lib`` with sys.argv set, then writes the process's peak resident set (KiB) to a file.
-_WRAP = ("import atexit, os, resource, runpy, sys; sys.argv = ['uflow_lib', *sys.argv[1:]]; "
-         "atexit.register(lambda: open(os.environ['BENCH_RSS_FILE'], 'w').write("
-         "str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))); runpy.run_module('uflow_lib', run_name='__main__')")
-
-
-def _command(args: list[str], rss_file: Path) -> tuple[str, float, float]:
-    """Run ``python -m uflow_lib ARGS`` in a fresh process → (stdout, wall seconds, peak RSS of it in MB)."""
-    t0 = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", _WRAP, *args], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-                               "BENCH_RSS_FILE": str(rss_file)})
-    wall = time.monotonic() - t0
-    if done.returncode != 0:
-        raise SystemExit(f"python -m uflow_lib {' '.join(args)} failed:\n{done.stderr}")
-    return done.stdout, wall, int(rss_file.read_text()) / 1024  # ru_maxrss is in KiB on Linux
-
-
 def bench(run: str, seed: int, out: Path) -> dict:
     method, extra = RUNS[run]
     folder = out / f"{run}_seed{seed}"
@@ -67,8 +47,8 @@ def bench(run: str, seed: int, out: Path) -> dict:
                   "mobilenetv2", "--weights", str(WEIGHTS), "--device", "cpu", "--seed", str(seed), "--no-progress",
                   "--out", str(folder), *extra]
     rss = out / "peak_rss.txt"
-    _, fit_wall, fit_rss = _command(train_args, rss)
-    text, eval_wall, eval_rss = _command(["evaluate", "--checkpoint", str(folder / "last.pt"), "--json",
+    _, fit_wall, fit_rss = run_cli(train_args, rss)
+    text, eval_wall, eval_rss = run_cli(["evaluate", "--checkpoint", str(folder / "last.pt"), "--json",
                                           "--no-progress", "--device", "cpu"], rss)
     metrics = json.loads(text)
     ckpt = torch.load(folder / "last.pt", weights_only=True, map_location="cpu")

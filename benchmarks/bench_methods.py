@@ -21,12 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import MVTEC_ROOT as ROOT, REPO, RESULTS, WEIGHTS, have_bottle, machine_line
+from common import MVTEC_ROOT as ROOT, REPO, RESULTS, WEIGHTS, have_bottle, machine_line, run_cli
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -44,12 +43,6 @@ NAMES = {"uflow": "U-Flow", "msflow": "MSFlow", "sanflow": "SANFlow", "patchcore
          "padim": "PaDiM (d = 100)"}
 SEEDS = [0, 1, 2]
 
-#: Runs ``python -m uflow_lib`` with sys.argv set, then writes the process's peak resident set (KiB) to a file.
-_WRAP = ("import atexit, os, resource, runpy, sys; sys.argv = ['uflow_lib', *sys.argv[1:]]; "
-         "atexit.register(lambda: open(os.environ['BENCH_RSS_FILE'], 'w').write("
-         "str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))); runpy.run_module('uflow_lib', run_name='__main__')")
-
-
 def train_command(run: str, seed: int, out: Path) -> tuple[Path, float, float]:
     """``python -m uflow_lib train`` with the library's defaults in a fresh 1-thread process → (checkpoint,
     wall seconds, peak resident memory in MB)."""
@@ -57,13 +50,8 @@ def train_command(run: str, seed: int, out: Path) -> tuple[Path, float, float]:
     rss = out / f"peak_rss_{run}_{seed}.txt"
     args = ["train", "--method", run, "--data", str(ROOT), "--category", "bottle", "--backbone", "mobilenetv2",
             "--weights", str(WEIGHTS), "--device", "cpu", "--seed", str(seed), "--no-progress", "--out", str(folder)]
-    t0 = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", _WRAP, *args], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-                               "BENCH_RSS_FILE": str(rss)})
-    if done.returncode != 0:
-        raise SystemExit(f"python -m uflow_lib {' '.join(args)} failed:\n{done.stderr}")
-    return folder / "last.pt", time.monotonic() - t0, int(rss.read_text()) / 1024  # ru_maxrss: KiB on Linux
+    _, wall, peak = run_cli(args, rss)
+    return folder / "last.pt", wall, peak
 
 
 def nfa_row(latents: list[torch.Tensor], pred: dict, scales) -> dict:

@@ -41,3 +41,24 @@ def machine_line(load: float | None = None) -> str:
     line = (f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
             f"{platform.python_version()}, torch {torch.__version__}")
     return line + ("" if load is None else f"; load average {load:.2f} at the start")
+
+
+#: Runs ``python -m uflow_lib`` with sys.argv set, then writes the process's peak resident set (KiB) to a file.
+_WRAP = ("import atexit, os, resource, runpy, sys; sys.argv = ['uflow_lib', *sys.argv[1:]]; "
+         "atexit.register(lambda: open(os.environ['BENCH_RSS_FILE'], 'w').write("
+         "str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))); runpy.run_module('uflow_lib', run_name='__main__')")
+
+
+def run_cli(args: list[str], rss_file: Path) -> tuple[str, float, float]:
+    """``python -m uflow_lib ARGS`` in a fresh 1-thread process → (stdout, wall seconds, its peak RSS in MB)."""
+    import subprocess
+    import time
+
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", _WRAP, *args], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                               "BENCH_RSS_FILE": str(rss_file)})
+    wall = time.monotonic() - t0
+    if done.returncode != 0:
+        raise SystemExit(f"python -m uflow_lib {' '.join(args)} failed:\n{done.stderr}")
+    return done.stdout, wall, int(rss_file.read_text()) / 1024  # ru_maxrss is in KiB on Linux

@@ -5,8 +5,8 @@ imports they need) and ``root/submissions/`` (student copies of them, filled in 
 would), and returns the two folders. ``python tests/attack_submissions.py DIR`` writes them for a grading run
 by hand:
 
-    python tests/attack_submissions.py /tmp/attack
-    python -m uflow_lib.assignments grade /tmp/attack/submissions --book /tmp/attack/book --csv /tmp/attack/grades.csv
+    python tests/attack_submissions.py runs/attack
+    python -m uflow_lib.assignments grade runs/attack/submissions --book runs/attack/book --csv runs/attack/grades.csv
 """
 
 from __future__ import annotations
