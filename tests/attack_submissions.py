@@ -25,39 +25,42 @@ PREAMBLE = {
     "03_u_shaped_flow.ipynb": "import math\nimport torch\nimport torch.nn.functional as F\n"
                               "from uflow_lib.methods.uflow import build_uflow, latent_shapes\n\n"
                               "def split_sizes(v):\n    up = v // 8 * 4\n    return up, v - up",
-    "06_reproducing_mvtec.ipynb": "import math\nfrom uflow_lib.reproduce import PAPER_RESULTS",
+    "06_reproducing_mvtec.ipynb": "import math\nimport numpy as np",
 }
 KEEP = {"03_u_shaped_flow.ipynb": ("Exercise 3.1", "Exercise 3.2"),
         "06_reproducing_mvtec.ipynb": ("Exercise 6.1", "Exercise 6.2", "Exercise 6.3")}
 
 # ---- answers (the code of a solution cell, whole) ---------------------------------------------------------------
-HONEST_61 = """def mean_pixel_auroc(results: dict) -> float:
-    values = [row[0] for row in results.values()]
-    return sum(values) / len(values)"""
-HONEST_62 = """def feature_megabytes(n_images: int, scales: list[tuple[int, int]]) -> float:
-    floats_per_image = 0
-    for channels, side in scales:
-        floats_per_image += channels * side**2
-    return 4 * n_images * floats_per_image / 10**6"""
-HONEST_63 = """history = [dict(epoch=e, test_pixel_auroc=0.95 + 0.02 * math.sin(e / 3) * math.exp(-e / 40)) for e in range(1, 61)]
-
-def last_and_best(history: list[dict]) -> tuple[float, int]:
-    scores = [h["test_pixel_auroc"] for h in history]
-    return scores[-1], history[scores.index(max(scores))]["epoch"]"""
-TYPED_61 = "def mean_pixel_auroc(results: dict) -> float:\n    return 98.74"
+HONEST_61 = """def best_of_n_inflation(true_value, sigma, n, trials, rng):
+    total = 0.0
+    for _ in range(trials):
+        total += max(rng.normal(true_value, sigma, size=n)) - true_value
+    return total / trials"""
+HONEST_62 = """def select_then_report(val_scores, test_scores):
+    chosen = 0
+    for k in range(len(val_scores)):
+        if val_scores[k] > val_scores[chosen]:
+            chosen = k
+    return chosen, test_scores[chosen]"""
+HONEST_63 = """def paired_difference(a, b):
+    d = [x - y for x, y in zip(a, b)]
+    n = len(d)
+    mean = sum(d) / n
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in d) / (n - 1) / n)"""
+TYPED_61 = "def best_of_n_inflation(true_value, sigma, n, trials, rng):\n    return 0.0035"
 MONKEYPATCH_61 = TYPED_61 + """
 
 import uflow_lib.exercises.ch06 as _ch06
 from uflow_lib import exercises as _ex
-_ch06.check_paper_mean = lambda fn: print("✓ Exercise 6.1: correct")
+_ch06.check_best_of_n = lambda fn: print("✓ Exercise 6.1: correct")
 _ex.require = lambda *args, **kwargs: None"""
-TYPED_62 = "def feature_megabytes(n_images: int, scales: list[tuple[int, int]]) -> float:\n    return 1059"
+TYPED_62 = "def select_then_report(val_scores, test_scores):\n    return 3, 0.9512"
 FAKE_PRINT_62 = TYPED_62 + '\n\nprint("✓ Exercise 6.2: correct")'
-SORT_63 = """history = [dict(epoch=e, test_pixel_auroc=0.95 + 0.02 * math.sin(e / 3) * math.exp(-e / 40)) for e in range(1, 61)]
-
-def last_and_best(history: list[dict]) -> tuple[float, int]:
-    history.sort(key=lambda h: h["test_pixel_auroc"])      # best last
-    return history[-1]["test_pixel_auroc"], history[-1]["epoch"]"""
+SORT_63 = """def paired_difference(a, b):
+    a.sort()                                              # "line the seeds up"
+    b.sort()
+    d = np.subtract(a, b)
+    return d.mean(), d.std(ddof=1) / np.sqrt(len(d))"""
 REFERENCE_31 = 'def pixel_unshuffle(x):\n    """(B, C, 2H, 2W) → (B, 4C, H, W)."""\n    return F.pixel_unshuffle(x, 2)'
 REFERENCE_32 = "def latent_shapes_by_hand(channels, sizes):\n    return latent_shapes(channels, sizes)"
 
@@ -108,7 +111,8 @@ def build(root: Path) -> tuple[Path, Path]:
         minis[name] = _mini_chapter(REPO / "book" / name)
         nbformat.write(minis[name], book / name)
     ch6, ch3 = minis["06_reproducing_mvtec.ipynb"], minis["03_u_shaped_flow.ipynb"]
-    commented = "# from uflow_lib.exercises.ch06 import check_feature_memory\n# check_feature_memory(feature_megabytes)"
+    commented = ("# from uflow_lib.exercises.ch06 import check_select_on_validation\n"
+                 "# check_select_on_validation(select_then_report)")
     variants = {
         "06_alice_honest.ipynb": _submission(ch6, {"Exercise 6.1": HONEST_61, "Exercise 6.2": HONEST_62,
                                                    "Exercise 6.3": HONEST_63}, {}),

@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from uflow_lib.assignments import BEGIN, END, _exercises, _stub_source, generate, student_copy
+from uflow_lib.assignments import BEGIN, END, _exercises, _stub_source, answer_key, generate, student_copy, think_pairs
 from uflow_lib.grading import COLUMNS, fresh_check_source, grade, grade_notebook, patches, review_flags
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,9 +100,9 @@ def test_fresh_check_restores_the_kernels_own_modules():
 
     import uflow_lib.exercises.ch06 as mine
 
-    patched = mine.check_paper_mean
+    patched = mine.check_best_of_n
     namespace: dict = {}
-    source = fresh_check_source("from uflow_lib.exercises.ch06 import check_paper_mean\nfresh = check_paper_mean",
+    source = fresh_check_source("from uflow_lib.exercises.ch06 import check_best_of_n\nfresh = check_best_of_n",
                                 token="done")
     exec(compile(source, "<fresh>", "exec"), namespace)
     assert namespace["fresh"] is not patched  # the check ran on a fresh import ...
@@ -149,12 +149,53 @@ def test_attacks_score_zero_or_are_flagged(tmp_path, kernel_imports_this_checkou
     carol = [r for r in results if r.notebook == "06_carol_monkeypatch.ipynb"]
     for r in carol[:2]:  # her patched checker and her own "✓" print do not count
         assert not r.passed and any("patches library code" in f for f in r.review), r
-    assert "_ch06.check_paper_mean" in carol[0].review[-1] and "expected" in carol[0].message
+    assert "_ch06.check_best_of_n" in carol[0].review[-1] and "expected" in carol[0].message
     dave = {r.exercise: r for r in results if r.notebook == "06_dave_check_cells.ipynb"}
     assert dave["Exercise 6.2"].check_cell == "edited" and not dave["Exercise 6.2"].passed
     assert dave["Exercise 6.3"].check_cell == "missing" and dave["Exercise 6.3"].passed  # the book's check ran
     for r in (r for r in results if r.notebook == "06_erin_typed_and_sorted.ipynb"):
         assert not r.passed, r
-    assert "changed the history" in _row(results, "06_erin_typed_and_sorted.ipynb", "Exercise 6.3").message
+    assert "changed the lists" in _row(results, "06_erin_typed_and_sorted.ipynb", "Exercise 6.3").message
     frank = [r for r in results if r.notebook == "03_frank_reference_calls.ipynb"]
     assert [r.review for r in frank] == [["calls F.pixel_unshuffle"], ["calls latent_shapes"]]
+
+
+def _nb(*cells):
+    nb = nbformat.v4.new_notebook()
+    for kind, source, tags in cells:
+        new = nbformat.v4.new_markdown_cell if kind == "md" else nbformat.v4.new_code_cell
+        nb.cells.append(new(source, metadata={"tags": tags} if tags else {}))
+    return nb
+
+
+_ANSWER = ":::{admonition} Answer\n:class: dropdown\nBecause $a > b$.\n:::"
+
+
+def test_think_answers_go_to_the_key_and_leave_the_student_copy():
+    nb = _nb(("md", "Text.\n\n> **Think!** Why is $a$\n> larger?\n\nMore text.", []),
+             ("md", _ANSWER, ["think-answer"]), ("code", "x = 1", []))
+    assert think_pairs(nb) == [("**Think!** Why is $a$\nlarger?", "Because $a > b$.")]
+    student = student_copy(nb)
+    assert len(student.cells) == 3 and student.cells[1].source == "" and "think-answer" not in str(student.cells[1])
+    assert "Because $a > b$." not in str(student)
+    key = answer_key({"01_x": nb})
+    assert "### Think! questions" in key and "**Think!** Why is $a$\nlarger?" in key and "> **Answer.** Because" in key
+
+
+@pytest.mark.parametrize("cells, message", [
+    ([("md", "**Think!** Why?", [])], "without a 'think-answer'"),
+    ([("md", "**Think!** Why?", []), ("md", "Because.", ["think-answer"])], "must be Markdown of the form"),
+    ([("md", "Text.", []), ("md", _ANSWER, ["think-answer"])], "asks no Think! question"),
+    ([("md", "**Think!** A? **Think!** B?", []), ("md", _ANSWER, ["think-answer"])], "asks 2 Think! questions"),
+])
+def test_think_without_a_well_formed_answer_is_refused(cells, message):
+    with pytest.raises(ValueError, match=message):
+        think_pairs(_nb(*cells))
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_every_think_of_the_book_has_its_answer(chapter):
+    nb = nbformat.read(chapter, as_version=4)
+    asked = sum(c.source.count("**Think!**") for c in nb.cells if c.cell_type == "markdown")
+    assert len(think_pairs(nb)) == asked
+    assert not any("{admonition} Answer" in c.source for c in student_copy(nb).cells)

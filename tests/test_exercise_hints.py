@@ -12,7 +12,7 @@ from uflow_lib.exercises import FORMULA_FROM_ATTEMPT, ExerciseFailed, apart, as_
 from uflow_lib.exercises.ch01 import check_conv_output_size
 from uflow_lib.exercises.ch03 import check_pixel_unshuffle
 from uflow_lib.exercises.ch05 import check_block_log10_tail
-from uflow_lib.exercises.ch06 import check_paper_mean
+from uflow_lib.exercises.ch06 import check_paired_difference
 from uflow_lib.exercises.ch07 import check_standardise
 
 
@@ -27,7 +27,7 @@ def _messages(check, answer, n: int) -> list[str]:
 
 @pytest.mark.parametrize("check,wrong,formula", [
     (check_conv_output_size, lambda n, k, s, p=0: n // k, "(size + 2·padding − kernel) // stride + 1"),
-    (check_paper_mean, lambda r: 98.74, "sum(v[0] for v in results.values())"),
+    (check_paired_difference, lambda a, b: (0.5, 0.1), "d = np.subtract(a, b)"),
     (check_standardise, lambda z, v: z / (v[:, None] + 1), "z / variance.sqrt()[:, None]"),
     (check_block_log10_tail, lambda k, n, p: -1.0, "binom.logsf"),
 ])
@@ -40,8 +40,8 @@ def test_formula_only_from_the_third_failed_attempt(check, wrong, formula):
 
 
 def test_attempts_are_counted_per_exercise():
-    _messages(check_paper_mean, lambda r: 1.0, 2)
-    assert failed_attempts("Exercise 6.1") == 2 and failed_attempts("Exercise 1.1") == 0
+    _messages(check_paired_difference, lambda a, b: (1.0, 1.0), 2)
+    assert failed_attempts("Exercise 6.3") == 2 and failed_attempts("Exercise 1.1") == 0
     (msg,) = _messages(check_conv_output_size, lambda n, k, s, p=0: n // k, 1)
     assert "// stride" not in msg  # the other exercise's attempts do not count here
 

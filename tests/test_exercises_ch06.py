@@ -1,125 +1,134 @@
-"""Checks of chapter 6: functions checked on inputs the check makes up; typed-in numbers and sorting fail."""
+"""Checks of chapter 6: solutions pass; typical wrong answers fail with their hint; no answer is printed."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
+from scipy import stats
 
 from uflow_lib.exercises import ExerciseFailed
-from uflow_lib.exercises.ch06 import check_feature_memory, check_last_vs_best, check_paper_mean
-from uflow_lib.reproduce import PAPER_RESULTS
+from uflow_lib.exercises.ch06 import (check_best_of_n, check_paired_difference, check_select_on_validation,
+                                      expected_max_normal)
 
 
 def stub(*args):
     raise NotImplementedError
 
 
+# ----------------------------------------------------------------------------------------- reference
+def test_expected_max_of_normals_known_values():
+    assert expected_max_normal(1) == pytest.approx((0.0, 1.0), abs=1e-9)
+    assert expected_max_normal(2)[0] == pytest.approx(1 / math.sqrt(math.pi), rel=1e-9)  # E max(X, Y) = 1/√π
+    assert expected_max_normal(3)[0] == pytest.approx(1.5 / math.sqrt(math.pi), rel=1e-9)  # 3/(2√π)
+    rng = np.random.default_rng(0)
+    sim = rng.standard_normal((200_000, 10)).max(axis=1)
+    mean, sd = expected_max_normal(10)
+    assert sim.mean() == pytest.approx(mean, abs=5 * sd / math.sqrt(len(sim)))
+    assert sim.std() == pytest.approx(sd, rel=0.01)
+
+
 # ---------------------------------------------------------------------------------------------------- 6.1
-def mean_pixel_auroc(results):
-    return sum(v[0] for v in results.values()) / len(results)
+def best_of_n_inflation(true_value, sigma, n, trials, rng):
+    scores = true_value + sigma * rng.standard_normal((trials, n))
+    return (scores.max(axis=1) - true_value).mean()
 
 
-@pytest.mark.parametrize("solution", [
-    mean_pixel_auroc,
-    lambda r: np.mean([v[0] for v in r.values()]),  # a numpy float
-    lambda r: np.float32(np.mean([v[0] for v in r.values()])),
-])
-def test_paper_mean_passes(solution, capsys):
-    check_paper_mean(solution)
+def _loop(true_value, sigma, n, trials, rng):  # plain Python, rng.normal
+    total = 0.0
+    for _ in range(trials):
+        total += max(rng.normal(true_value, sigma) for _ in range(n)) - true_value
+    return total / trials
+
+
+@pytest.mark.parametrize("solution", [best_of_n_inflation, _loop])
+def test_best_of_n_passes(solution, capsys):
+    check_best_of_n(solution)
     out = capsys.readouterr().out
-    assert "✓ Exercise 6.1" in out and "98.7" not in out  # the success line does not give the paper's mean
+    assert "✓ Exercise 6.1" in out and not any(ch.isdigit() for ch in out.split("correct")[1])
 
 
 @pytest.mark.parametrize("wrong,match", [
-    (lambda r: 98.74, "expected"),  # the paper's mean typed in
-    (lambda r: mean_pixel_auroc(PAPER_RESULTS), "expected"),
-    (lambda r: sum([v[0] for v in r.values()][:-1]) / 14, "expected"),
-    (lambda r: sum([v[0] for v in r.values()][:-1]) / (len(r) - 1), "leaves one out"),
-    (lambda r: mean_pixel_auroc(r) / 100, "percent"),
-    (lambda r: sum(v[1] for v in r.values()) / len(r), "FIRST entry"),
-    (lambda r: r.popitem()[1][0], "changed the table"),
-    (lambda r: None, "expected one number"),
-    (98.74, "expected your function"),
+    (lambda t, s, n, k, rng: (t + s * rng.standard_normal((k, n))).mean(axis=1).mean() - t, "averaged"),
+    (lambda t, s, n, k, rng: ((t + s * rng.standard_normal((k, n))).min(axis=1) - t).mean(), "min"),
+    (lambda t, s, n, k, rng: (t + s * rng.standard_normal((k, n))).max(axis=1).mean(), "reported − true_value"),
+    (lambda t, s, n, k, rng: (rng.standard_normal((k, n))).max(axis=1).mean(), "sigma"),
+    (lambda t, s, n, k, rng: (t + s * rng.standard_normal((k, n))).max() - t, "average those maxima"),
+    (lambda t, s, n, k, rng: (t + s * np.random.standard_normal((k, n))).max(axis=1).mean() - t, "you are given"),
+    (lambda t, s, n, k, rng: 0.0025, "expected about"),  # a number typed in
+    (lambda t, s, n, k, rng: None, "expected one number"),
+    (0.0025, "expected your function"),
     (stub, "not written yet"),
 ])
-def test_paper_mean_fails(wrong, match):
+def test_best_of_n_fails(wrong, match):
     with pytest.raises(ExerciseFailed, match=match):
-        check_paper_mean(wrong)
+        check_best_of_n(wrong)
 
 
 # ---------------------------------------------------------------------------------------------------- 6.2
-def feature_megabytes(n_images, scales):
-    return n_images * sum(c * s * s for c, s in scales) * 4 / 1e6
+def select_then_report(val_scores, test_scores):
+    chosen = int(np.argmax(val_scores))
+    return chosen, test_scores[chosen]
 
 
 @pytest.mark.parametrize("solution", [
-    feature_megabytes,
-    lambda n, scales: np.int64(n) * sum(c * s**2 for c, s in scales) * np.dtype(np.float32).itemsize / 10**6,
+    select_then_report,
+    lambda v, t: (np.argmax(v), np.float64(t[int(np.argmax(v))])),  # numpy types
+    lambda v, t: [max(range(len(v)), key=v.__getitem__), t[max(range(len(v)), key=v.__getitem__)]],
 ])
-def test_feature_memory_passes(solution, capsys):
-    check_feature_memory(solution)
-    out = capsys.readouterr().out
-    assert "✓ Exercise 6.2" in out and "1059" not in out
+def test_select_on_validation_passes(solution, capsys):
+    check_select_on_validation(solution)
+    assert "✓ Exercise 6.2" in capsys.readouterr().out
+
+
+def _sorts(v, t):
+    v.sort()
+    return len(v) - 1, t[-1]
 
 
 @pytest.mark.parametrize("wrong,match", [
-    (lambda n, scales: 1059, "expected"),  # the hazelnut answer typed in
-    (lambda n, scales: 1059.3, "expected"),
-    (lambda n, scales: feature_megabytes(1, scales), "expected"),  # n_images = 1
-    (lambda n, scales: feature_megabytes(391, scales), "expected"),
-    (lambda n, scales: feature_megabytes(n, scales) / 4, "4 bytes"),
-    (lambda n, scales: feature_megabytes(n, scales) * 1e6 / 2**20, "MiB"),
-    (lambda n, scales: feature_megabytes(n, scales[:1]), "every scale counts"),
-    (lambda n, scales: n * sum(c * s for c, s in scales) * 4 / 1e6, "s × s"),
+    (lambda v, t: (int(np.argmax(t)), max(t)), "best TEST score"),
+    (lambda v, t: (int(np.argmin(v)), t[int(np.argmin(v))]), "largest validation"),
+    (lambda v, t: (int(np.argmax(v)), v[int(np.argmax(v))]), "validation score of the chosen"),
+    (lambda v, t: (int(np.argmax(v)), max(t)), "CHOSEN setting"),
+    (lambda v, t: (-1, t[int(np.argmax(v))]), "largest"),
+    (lambda v, t: (float(np.argmax(v)), t[int(np.argmax(v))]), "index of a setting"),
+    (_sorts, "changed the lists"),
+    (lambda v, t: int(np.argmax(v)), "two values"),
     (stub, "not written yet"),
 ])
-def test_feature_memory_fails(wrong, match):
+def test_select_on_validation_fails(wrong, match):
     with pytest.raises(ExerciseFailed, match=match):
-        check_feature_memory(wrong)
+        check_select_on_validation(wrong)
 
 
 # ---------------------------------------------------------------------------------------------------- 6.3
-def last_and_best(history):
-    return history[-1]["test_pixel_auroc"], max(history, key=lambda h: h["test_pixel_auroc"])["epoch"]
-
-
-def _sorts_in_place(history):  # the mistake the exercise warns against: sort by test AUROC, report the "last"
-    history.sort(key=lambda h: h["test_pixel_auroc"])
-    return history[-1]["test_pixel_auroc"], history[-1]["epoch"]
-
-
-def _sorts_then_restores_values(history):  # sorts in place, but returns the right numbers: still caught
-    last = history[-1]["test_pixel_auroc"]
-    history.sort(key=lambda h: h["test_pixel_auroc"])
-    return last, history[-1]["epoch"]
-
-
-def _sorted_copy(history):  # reports the best as "last"
-    best = sorted(history, key=lambda h: h["test_pixel_auroc"])[-1]
-    return best["test_pixel_auroc"], best["epoch"]
+def paired_difference(a, b):
+    d = np.subtract(a, b)
+    return d.mean(), d.std(ddof=1) / np.sqrt(len(d))
 
 
 @pytest.mark.parametrize("solution", [
-    last_and_best,
-    lambda h: (np.float64(h[-1]["test_pixel_auroc"]),
-               np.int64(h[int(np.argmax([e["test_pixel_auroc"] for e in h]))]["epoch"])),
-    lambda h: [h[-1]["test_pixel_auroc"], sorted(h, key=lambda e: e["test_pixel_auroc"])[-1]["epoch"]],
+    paired_difference,
+    lambda a, b: (float(np.mean(np.subtract(a, b))), float(stats.sem(np.subtract(a, b)))),
 ])
-def test_last_vs_best_passes(solution, capsys):
-    check_last_vs_best(solution)
+def test_paired_difference_passes(solution, capsys):
+    check_paired_difference(solution)
     assert "✓ Exercise 6.3" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("wrong,match", [
-    (_sorts_in_place, "changed the history"),
-    (_sorts_then_restores_values, "changed the history"),
-    (_sorted_copy, "final epoch"),
-    (lambda h: (0.9541, 4), "expected"),  # the chapter's numbers typed in
-    (lambda h: (h[-1]["test_pixel_auroc"], int(np.argmax([e["test_pixel_auroc"] for e in h])) + 1), "position"),
-    (lambda h: (h[-1]["test_pixel_auroc"], 1.5), "expected an epoch number"),
-    (lambda h: h[-1]["test_pixel_auroc"], "two values"),
+    (lambda a, b: (np.mean(np.subtract(a, b)), np.std(np.subtract(a, b)) / np.sqrt(len(a))), "ddof"),
+    (lambda a, b: (np.mean(np.subtract(a, b)), np.std(np.subtract(a, b), ddof=1)), "√n"),
+    (lambda a, b: (np.mean(a) - np.mean(b), math.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b))),
+     "independent samples"),
+    (lambda a, b: paired_difference(b, a), "sign"),
+    (lambda a, b: (np.mean(a), paired_difference(a, b)[1]), "expected"),
+    (lambda a, b: (0.004, 0.0005), "expected"),  # numbers typed in
+    (lambda a, b: paired_difference(a, b)[0], "two values"),
     (stub, "not written yet"),
 ])
-def test_last_vs_best_fails(wrong, match):
+def test_paired_difference_fails(wrong, match):
     with pytest.raises(ExerciseFailed, match=match):
-        check_last_vs_best(wrong)
+        check_paired_difference(wrong)

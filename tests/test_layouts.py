@@ -386,8 +386,10 @@ def test_cli_mvtec_without_ground_truth(tiny_root, tmp_path, capsys):
                  "--random-weights", "--epochs", "1", "--eval-every", "1", "--out", str(out), "--no-progress"]) == 0
     assert capsys.readouterr().out.count("note: ") == 2  # once at the first test evaluation, once at the last epoch's
     md = (out / "results.md").read_text()
-    assert "| texture | 1 | n/a (—) | n/a (—) | n/a (—) | n/a (—) |" in md and "n/a: the category's test set" in md
-    assert "| 1 / n/a / n/a |" in md  # best-on-test: epoch 1, selected on image AUROC
+    assert ("| texture | 1 | this run: last epoch | mobilenetv2, 256 px | one: the scale nearest 16² "
+            "| n/a | n/a | n/a | n/a |") in md and "n/a: the category's test set" in md
+    # best-on-test: epoch 1, selected on image AUROC, no pixel metric and no NFA
+    assert "| texture | 1 | this run: best on test (selected on test) | mobilenetv2, 256 px | — (no NFA) | n/a | n/a | — | — |" in md
     row = next(csv.DictReader(open(out / "results.csv")))
     assert row["pixel_auroc"] == row["aupro"] == row["miou_auto"] == "" and 0 <= float(row["image_auroc"]) <= 100
     metrics = json.loads((out / "texture" / "metrics.json").read_text())

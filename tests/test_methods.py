@@ -200,4 +200,4 @@ def test_results_table_shows_a_method_column_only_when_needed():
     mixed = results_table([dict(row, method="uflow"), dict(row, method="msflow")]).splitlines()
     assert mixed[0].startswith("| method | category |") and mixed[3].startswith("| msflow | bottle |")
     cells = {line.count("|") for line in mixed[:5]}  # header, rule, two rows and the mean: same columns
-    assert cells == {11}, mixed[:5]
+    assert cells == {13}, mixed[:5]

@@ -263,6 +263,57 @@ def test_block_golden_counts():
     assert_allclose(got[0, 0].numpy(), stats.binom.logsf(k - 1, n, 0.1) / LN10, rtol=1e-12)
 
 
+def _block_authors_reference(z: np.ndarray, k: int, p: float = 0.9) -> np.ndarray:
+    """The authors' form, literally: reflect-padded hits, n = k², log10 binom.sf(k̄) = P(Bin > k̄). (C, h, w) → (h, w)."""
+    r = k // 2
+    hits = np.pad(z.astype(np.float64) ** 2 > stats.chi2.ppf(p, 1), ((0, 0), (r, r), (r, r)), mode="reflect")
+    k_mean = np.lib.stride_tricks.sliding_window_view(hits, (k, k), axis=(1, 2)).sum(axis=(0, 3, 4)) / z.shape[0]
+    return stats.binom.logsf(k_mean, k * k, 1 - p) / LN10
+
+
+def test_block_authors_options_match_literal_reference():
+    latents = gaussian_latents([(20, 12), (12, 6)], 3, seed=7, dtype=torch.float64)
+    latents[0][0, :, 2:5, 0:3] += 2.0  # a patch on the border, where reflection counts hits twice
+    latents[1][1, :1] = 3.0  # one channel hit everywhere: integer k̄ on that image
+    got = nfa_block.block_log10_prob_maps(latents, border="reflect", tail="strict")
+    for s, (z, k) in enumerate(zip(latents, (5, 3))):
+        for b in range(z.shape[0]):
+            assert_allclose(got[s][b, 0].numpy(), _block_authors_reference(z[b].numpy(), k), rtol=1e-12, atol=1e-12)
+    # the two options separately: strict = ceil except at integer k̄ (one count further out)
+    ceil = nfa_block.block_log10_prob_maps(latents)
+    strict = nfa_block.block_log10_prob_maps(latents, tail="strict")
+    for s, z in enumerate(latents):
+        total = nfa_block._box_sum(nfa_block._hit_counts(z.numpy(), stats.chi2.ppf(0.9, 1)), (5, 3)[s])
+        integer = total % z.shape[1] == 0  # (B, h, w)
+        assert_allclose(strict[s][:, 0].numpy()[~integer], ceil[s][:, 0].numpy()[~integer], rtol=1e-12)
+        assert (strict[s][:, 0].numpy()[integer] < ceil[s][:, 0].numpy()[integer]).all()
+    reflect = nfa_block.block_log10_prob_maps(latents, border="reflect")
+    assert_allclose(reflect[0][:, :, 2:-2, 2:-2], ceil[0][:, :, 2:-2, 2:-2])  # only the border differs
+    assert not np.allclose(reflect[0].numpy(), ceil[0].numpy())
+    # every hit: P(Bin(n) > n) = 0 is floored at the smallest float, and the map stays finite
+    full = [torch.full((1, 2, 4, 4), 3.0, dtype=torch.float64)]
+    (lp,) = nfa_block.block_log10_prob_maps(full, windows=[3], tail="strict")
+    assert_allclose(lp.numpy(), math.log10(np.finfo(np.float64).tiny))
+    assert torch.isfinite(nfa_block.block_nfa(full, 16, windows=[3], tail="strict")).all()
+    with pytest.raises(ValueError, match="border must be"):
+        nfa_block.block_nfa(latents, border="wrap")
+    with pytest.raises(ValueError, match="tail must be"):
+        nfa_block.block_nfa(latents, tail="ge")
+    with pytest.raises(ValueError, match="reflect"):
+        nfa_block.block_nfa([torch.zeros(1, 1, 2, 2)], windows=[5], border="reflect")
+
+
+def test_block_strict_tail_is_not_a_valid_p_value():
+    """P(P ≤ α) ≤ α holds for the ceil tail and fails for the strict one (1 channel, 3×3 window, exact)."""
+    p, n = 0.9, 9
+    pmf = stats.binom.pmf(np.arange(n + 1), n, 1 - p)
+    ceil = stats.binom.sf(np.arange(n + 1) - 1, n, 1 - p)  # P(Bin ≥ k) at each observed count k
+    strict = stats.binom.sf(np.arange(n + 1), n, 1 - p)  # P(Bin > k)
+    for alpha in ceil[1:]:
+        assert pmf[ceil <= alpha].sum() <= alpha + 1e-15
+    assert pmf[strict <= strict[1]].sum() > strict[1]  # e.g. α = P(Bin > 1): P(strict ≤ α) = P(Bin ≥ 1) > α
+
+
 # ------------------------------------------------------------------------------------ calibration under H0
 EPSILON = 1.0  # the default ε of the segmentation: at most one false detection per image on average
 

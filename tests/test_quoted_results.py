@@ -1,16 +1,22 @@
-"""Chapter 7 quotes the real-bottle comparison as a static table: it must be the one the benchmark wrote last."""
+"""Numbers quoted from benchmarks/results: chapter 7's table, the validated defaults, and every paragraph anywhere
+that cites a results file (its decimal numbers must be in that file)."""
 
 from __future__ import annotations
 
+import ast
+import functools
 import json
+import re
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _markdown(notebook: Path) -> str:
     cells = json.loads(notebook.read_text())["cells"]
-    return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    return "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")  # a cell ends a paragraph
 
 
 def _first_table(lines: list[str]) -> list[str]:
@@ -53,8 +59,78 @@ def test_chapter5_quotes_the_validation_choice_of_the_nfa_scale():
     uflow = rows["uflow"]
     assert uflow["chosen"] == uflow["rule"] == "scale 1 (16²)"
     c = uflow["candidates"]
-    quoted = (f"mIoU {c['scale 1 (16²)']['miou_auto']:.3f}, against {c['all scales']['miou_auto']:.3f} with both "
-              f"scales and {c['scale 0 (32²)']['miou_auto']:.3f} with the fine one")
+    quoted = (f"mIoU {c['scale 1 (16²)']['miou_auto']:.4f}, against {c['all scales']['miou_auto']:.4f} with both "
+              f"scales and {c['scale 0 (32²)']['miou_auto']:.4f} with the fine one")
     text = " ".join(_markdown(REPO / "book" / "05_a_contrario_nfa.ipynb").split())
     assert quoted in text
     assert all(r["chosen"] == r["rule"] for r in rows.values()), "validation disagrees with default_nfa_scales"
+
+
+# --- every quote of a results file, everywhere ------------------------------------------------------------------
+# A paragraph (a block between blank lines; a table is one block) of the book, the READMEs or a docstring/comment of
+# uflow_lib that names `benchmarks/results/NAME.md` quotes that file: every decimal number in it must be in the file.
+
+_CITED = re.compile(r"benchmarks/results/([\w.\-]+\.md)")
+_DECIMAL = re.compile(r"(?<![\w.])\d+\.\d+(?![\d])")
+
+
+def _blocks(text: str) -> list[str]:
+    """Paragraphs of Markdown/docstring ``text`` (split at blank lines), fenced code blocks left out."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    return [b for b in re.split(r"\n\s*\n", text) if b.strip()]
+
+
+def _python_prose(path: Path) -> str:
+    """Docstrings and comments of a Python file, each as its own paragraphs."""
+    source = path.read_text()
+    parts = [ast.get_docstring(node) or "" for node in ast.walk(ast.parse(source))
+             if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+    comments = [line.split("#", 1)[1] if line.lstrip().startswith("#") else "" for line in source.splitlines()]
+    return "\n\n".join(parts + ["\n".join(comments)])  # a code line ends a block of comment lines
+
+
+@functools.lru_cache(maxsize=1)
+def _prose_sources() -> dict[str, str]:
+    out = {str(p.relative_to(REPO)): _markdown(p) for p in sorted((REPO / "book").glob("*.ipynb"))}
+    for p in [*sorted((REPO / "book").glob("*.md")), REPO / "README.md", REPO / "benchmarks" / "README.md"]:
+        out[str(p.relative_to(REPO))] = p.read_text()
+    for p in sorted((REPO / "uflow_lib").rglob("*.py")):
+        out[str(p.relative_to(REPO))] = _python_prose(p)
+    return out
+
+
+def _occurs(number: str, text: str) -> bool:
+    return re.search(rf"(?<![\d.]){re.escape(number)}(?!\d)", text) is not None
+
+
+def unquoted_numbers(block: str) -> list[str]:
+    """Decimal numbers of ``block`` missing from every results file it cites (or the cited files that are missing)."""
+    files = sorted(set(_CITED.findall(block)))
+    missing = [f"{f} (no such file)" for f in files if not (REPO / "benchmarks" / "results" / f).is_file()]
+    texts = "\n".join((REPO / "benchmarks" / "results" / f).read_text() for f in files
+                      if (REPO / "benchmarks" / "results" / f).is_file())
+    return missing + [n for n in _DECIMAL.findall(block) if not _occurs(n, texts)]
+
+
+def test_the_quote_rule_catches_a_wrong_number():
+    good = "U-Flow reaches 0.9479 (`benchmarks/results/methods_bottle.md`)."
+    assert unquoted_numbers(good) == []
+    assert unquoted_numbers(good.replace("0.9479", "0.95")) == ["0.95"]  # a rounding is not the file's number
+    assert unquoted_numbers("0.5 in `benchmarks/results/nothing.md`") == ["nothing.md (no such file)", "0.5"]
+
+
+@pytest.mark.parametrize("source", sorted(_prose_sources()))
+def test_results_files_are_cited_by_their_path(source):
+    """A results file named without ``benchmarks/results/`` would escape the check below."""
+    names = "|".join(re.escape(p.name) for p in (REPO / "benchmarks" / "results").glob("*.md"))
+    bare = sorted(set(re.findall(rf"(?<!benchmarks/results/)\b({names})", _prose_sources()[source])))
+    assert not bare, f"{source}: write `benchmarks/results/NAME.md` for {bare}"
+
+
+@pytest.mark.parametrize("source", sorted(_prose_sources()))
+def test_every_quoted_number_is_in_the_results_file_it_cites(source):
+    text = _prose_sources()[source]
+    wrong = {b.strip()[:90]: unquoted_numbers(b) for b in _blocks(text) if _CITED.search(b) and unquoted_numbers(b)}
+    assert not wrong, (f"{source}: paragraphs citing benchmarks/results quote numbers that are not in the cited "
+                       f"file (re-run the benchmark and copy its numbers, or move other numbers to another "
+                       f"paragraph): {wrong}")

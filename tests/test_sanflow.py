@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy import integrate, special, stats
 
 from uflow_lib.augmentation import synthesize_anomalies
@@ -343,3 +344,136 @@ def test_fast_paths_compute_the_same_loss_and_gradients(monkeypatch):
     subnet = next(m for m in model.modules() if isinstance(m, sf.FactoredSubnet))
     assert subnet.period is None  # the plain path was the last one run
     assert list(dict(subnet.named_parameters())) == ["0.weight", "0.bias", "2.weight", "2.bias"]  # nn.Sequential's keys
+
+
+# ------------------------------------------------------------------- the fast paths' pieces, one by one (float64)
+
+
+def test_factored_subnet_function_is_the_plain_subnet_with_its_exact_gradient():
+    from uflow_lib.methods import sanflow as sf
+
+    torch.manual_seed(0)
+    k, P, p, B = 3, 4, 5, 3
+    inp = torch.randn(B * p, k + P, dtype=D)
+    inp[:, k:] = torch.randn(p, P, dtype=D).repeat(B, 1)  # the condition repeats every p rows
+    inp.requires_grad_()
+    net = sf.FactoredSubnet(k + P, 6, P).double()
+    args = (inp, net[0].weight, net[0].bias, net[2].weight, net[2].bias)
+    assert torch.autograd.gradcheck(lambda *a: sf._FactoredSubnetFunction.apply(*a, k, p), args)
+    net.period = p
+    torch.testing.assert_close(net(inp), torch.nn.Sequential.forward(net, inp), rtol=1e-12, atol=1e-12)
+    # gradients of the weights equal the plain subnet's (the condition's rows p.. are never read: zero there)
+    g_fast = torch.autograd.grad(net(inp).square().sum(), [*net.parameters(), inp])
+    g_plain = torch.autograd.grad(torch.nn.Sequential.forward(net, inp).square().sum(), [*net.parameters(), inp])
+    for a, b in zip(g_fast[:-1], g_plain[:-1]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_fast[-1][:, :k], g_plain[-1][:, :k], rtol=1e-12, atol=1e-12)
+
+
+def test_batch_norm_relu_matches_torch_and_updates_running_statistics():
+    from uflow_lib.methods.sanflow import _BatchNormReLUFunction, batch_norm_relu
+
+    torch.manual_seed(0)
+    x = (torch.randn(3, 5, 6, 7, dtype=D) * 2 + 1).contiguous(memory_format=torch.channels_last).requires_grad_()
+    ours, ref = torch.nn.BatchNorm2d(5).double(), torch.nn.BatchNorm2d(5).double()
+    weight, bias = torch.rand(5) + 0.5, torch.randn(5)
+    with torch.no_grad():
+        for bn in (ours, ref):
+            bn.weight.copy_(weight)
+            bn.bias.copy_(bias)
+    y = batch_norm_relu(x, ours)
+    y_ref = torch.relu(ref(x))
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, [x, ours.weight, ours.bias], g)
+    want = torch.autograd.grad(y_ref, [x, ref.weight, ref.bias], g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(ours, name), getattr(ref, name), rtol=1e-12, atol=1e-12)
+    rows = torch.randn(6, 2, dtype=D, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda r, w, b: _BatchNormReLUFunction.apply(r, w, b, 1e-5)[0],
+                                    (rows, torch.rand(2, dtype=D, requires_grad=True) + 0.5,
+                                     torch.randn(2, dtype=D, requires_grad=True)))
+
+
+def test_batch_norm_relu_sums_precisely_in_float32():
+    """Over 32,768 channels-last pixels, its float32 output and gradients are within 2e-6 of float64 (PyTorch's
+    channels-last kernel, which sums pixel after pixel, is off by about 1e-5 here)."""
+    from uflow_lib.methods.sanflow import batch_norm_relu
+
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(8, 16, 64, 64, generator=gen) * 0.5 + 3.0).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(8, 16, 64, 64, generator=gen) * (torch.rand(8, 1, 64, 64, generator=gen) < 0.06)
+
+    def run(x, g):
+        x = x.detach().requires_grad_()
+        bn = torch.nn.BatchNorm2d(16).to(x.dtype)
+        y = batch_norm_relu(x, bn)
+        return [y, *torch.autograd.grad(y, [x, bn.weight], g)]
+
+    for got, want in zip(run(x, g), run(x.double(), g.double())):
+        assert (got.double() - want).abs().max() <= 2e-6 * want.abs().max()
+
+
+@pytest.mark.parametrize("size,grids", [(16, [(4, 4), (2, 2)]), (20, [(7, 5), (20, 20), (3, 9)])])
+def test_convolution_pieces_equal_conv2d(size, grids):
+    from uflow_lib.methods.sanflow import conv3x3_at, conv3x3_rows
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, size, size, generator=gen, dtype=D)
+    w, b = torch.randn(4, 3, 3, 3, generator=gen, dtype=D), torch.randn(4, generator=gen, dtype=D)
+    full = F.conv2d(x, w, b, padding=1)  # (2, 4, size, size)
+    rows = conv3x3_rows(x, w, b)
+    torch.testing.assert_close(rows.view(2, size, size, 4).permute(0, 3, 1, 2), full, rtol=1e-12, atol=1e-12)
+    for got, grid in zip(conv3x3_at(x, w, b, grids), grids):
+        torch.testing.assert_close(got, sample_at_grid(full, grid), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_variance_net_fast_and_plain_agree(monkeypatch, training):
+    from uflow_lib.methods import sanflow as sf
+
+    torch.manual_seed(0)
+    net = sf.VarianceNet(width=8).double().train(training)
+    with torch.no_grad():
+        net.out.weight.normal_(0, 0.3)  # (zero at the start: nothing would reach the trunk)
+    x = torch.randn(2, 3, 24, 24, dtype=D, generator=torch.Generator().manual_seed(1))
+    sizes = [(6, 6), (3, 3), (5, 7)]
+
+    def run(fast):
+        monkeypatch.setattr(sf, "FAST_PATHS", fast)
+        net.zero_grad()
+        stats = net.sampled(x, sizes)
+        full = net(x)
+        loss = sum((a * (i + 1)).sin().sum() + b.cos().sum() for i, (a, b) in enumerate(stats))
+        loss.backward()
+        return [t for s in stats for t in s] + list(full) + [p.grad.clone() for p in net.parameters()]
+
+    buffers = [b.clone() for b in net.buffers()]
+    fast = run(True)
+    buffers_fast = [b.clone() for b in net.buffers()]
+    for b, saved in zip(net.buffers(), buffers):
+        b.copy_(saved)
+    plain = run(False)
+    for a, b in zip(fast, plain):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+    for a, b in zip(buffers_fast, net.buffers()):  # running statistics updated alike (twice: sampled + forward)
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_bf16_option_is_off_by_default_and_not_exact(monkeypatch):
+    from uflow_lib.methods import sanflow as sf
+
+    assert sf.BF16_VARIANCE_CONVS is False
+    torch.manual_seed(0)
+    net = sf.VarianceNet(width=16)
+    with torch.no_grad():
+        net.out.weight.normal_(0, 0.3)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    monkeypatch.setattr(sf, "FAST_PATHS", True)
+    exact = net.sampled(x, [(4, 4)])[0][1]
+    monkeypatch.setattr(sf, "BF16_VARIANCE_CONVS", True)
+    rounded = net.sampled(x, [(4, 4)])[0][1]
+    assert 0 < (rounded - exact).abs().max() < 0.1 * exact.abs().max()

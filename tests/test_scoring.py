@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from uflow_lib.methods.uflow import anomaly_map, anomaly_score_map
-from uflow_lib.scoring import image_scores, log_likelihood_maps, log_upsample, mean_z2
+from uflow_lib.scoring import image_scores, joint_score_map, log_likelihood_maps, log_upsample, mean_z2
 
 
 def test_log_likelihood_is_mean_over_channels():
@@ -55,6 +56,26 @@ def test_product_combination_is_sum_of_negative_log_likelihoods():
     torch.testing.assert_close(s, torch.full((1, 1, 4, 4), 0.5 + 2.0, dtype=torch.float64))
     with pytest.raises(ValueError, match="combine"):
         anomaly_score_map(z, 4, combine="max")
+
+
+def test_joint_score_weighs_each_scale_by_its_channels():
+    # hand-derived: scale 0 has C = 2 channels of z = 1 (log p = -1/2), scale 1 has C = 3 channels of z = 2
+    # (log p = -2): joint = 2 · 1/2 + 3 · 2 = 7, while the product of geometric means gives 1/2 + 2 = 2.5
+    z = [torch.full((1, 2, 2, 2), 1.0), torch.full((1, 3, 1, 1), 2.0)]
+    torch.testing.assert_close(joint_score_map(z, 4), torch.full((1, 1, 4, 4), 7.0, dtype=torch.float64))
+    torch.testing.assert_close(anomaly_score_map(z, 4, combine="product"), torch.full((1, 1, 4, 4), 2.5,
+                                                                                        dtype=torch.float64))
+
+
+def test_joint_score_is_the_gaussian_negative_log_likelihood():
+    """Without upsampling (every scale at out_size): -Σ_s Σ_c log N(z; 0, 1) minus the constant, as scipy says."""
+    from scipy.stats import norm
+
+    torch.manual_seed(0)
+    z = [torch.randn(2, 5, 6, 6) * 2, torch.randn(2, 3, 6, 6)]
+    nll = -sum(norm.logpdf(x.double().numpy()).sum(axis=1, keepdims=True) for x in z)  # (2, 1, 6, 6)
+    const = 0.5 * (5 + 3) * math.log(2 * math.pi)
+    np.testing.assert_allclose(joint_score_map(z, 6).numpy(), nll - const, rtol=1e-6)
 
 
 def test_mean_z2_of_standard_normal_is_one():

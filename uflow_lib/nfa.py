@@ -3,7 +3,9 @@ r"""A contrario segmentation: the Number of False Alarms (NFA) of the latents (b
 Under the background model :math:`H_0` the latents of normal data are i.i.d. :math:`\mathcal N(0, 1)`, so at a
 pixel with :math:`C` channels :math:`q = \sum_c z_c^2 \sim \chi^2_C`. A candidate event :math:`E` is
 *detected* when :math:`\mathrm{NFA}(E) = N_T \cdot P_{H_0}(E) < \varepsilon` (default :math:`\varepsilon = 1`),
-which bounds the expected number of false detections per image by :math:`\varepsilon`. The maps returned are
+which bounds the expected number of false detections per image by :math:`\varepsilon` when the latents follow
+:math:`H_0` (:mod:`uflow_lib.null_latents` draws latents that depart from it as real ones do: over-dispersed,
+unevenly, and spatially correlated; book chapter 5 counts the false detections). The maps returned are
 :math:`-\log_{10}\mathrm{NFA}`, so the automatic threshold is ``map > -log10(eps)`` (``> 0`` for ε = 1).
 
 **Tree NFA** (the paper's final method), per image and scale at latent resolution. The candidates are the

@@ -2,8 +2,9 @@
 
 ``reproduce(...)`` trains each category with the paper's settings (resuming from ``<out>/<category>/last.pt``
 after a disconnect), evaluates the **last epoch** at 256×256, and writes ``<out>/results.csv`` and
-``<out>/results.md`` with the paper's numbers beside. When ``eval_every`` > 0, the best-on-test epoch (selected
-on test pixel AUROC, as the authors did) is reported in separate, labelled columns — never mixed with the
+``<out>/results.md``: one labelled row per setup (this run's backbone, epochs and NFA scales; the paper's MS-CaiT,
+best-on-test checkpoint and NFA scales on rows of their own). When ``eval_every`` > 0, the best-on-test epoch
+(selected on test pixel AUROC, as the authors did) is reported on its own labelled row — never mixed with the
 last-epoch numbers. ``workers=N`` (``--workers N``) spreads the categories over N processes, one per GPU, and
 merges their results into the same table. ``python -m uflow_lib reproduce --help`` is the same from the command
 line.
@@ -30,11 +31,12 @@ from .data import MVTEC_CATEGORIES
 from .evaluation import evaluate_checkpoint
 from .layouts import open_dataset, resolve_layout
 from .methods import resolve
+from .methods.uflow import CATEGORY_SETTINGS
 from .runtime import pick_device
 from .training import train
 
-__all__ = ["PAPER_RESULTS", "WorkerError", "category_row", "deal_categories", "reproduce", "results_table",
-           "worker_devices"]
+__all__ = ["PAPER_RESULTS", "PAPER_SETUP", "WorkerError", "category_row", "deal_categories", "nfa_scales_label",
+           "reproduce", "results_table", "worker_devices"]
 
 #: The paper's final MVTec AD results (%, mIoU as fractions): pixel AUROC, AUPRO, mIoU automatic (NFA), oracle.
 PAPER_RESULTS: dict[str, tuple[float, float, float, float]] = {
@@ -55,9 +57,20 @@ PAPER_RESULTS: dict[str, tuple[float, float, float, float]] = {
     "zipper": (98.60, 95.47, 0.5395, 0.5460),
 }
 
-COLUMNS = ["method", "category", "epochs", "pixel_auroc", "paper_pixel_auroc", "aupro", "paper_aupro", "miou_auto",
-           "paper_miou_auto", "miou_oracle", "paper_miou_oracle", "image_auroc", "mean_z2_normal",
-           "best_on_test_epoch", "best_on_test_pixel_auroc", "best_on_test_aupro", "best_on_test_image_auroc"]
+COLUMNS = ["method", "category", "epochs", "backbone", "input_size", "nfa_scales", "pixel_auroc", "paper_pixel_auroc",
+           "aupro", "paper_aupro", "miou_auto", "paper_miou_auto", "miou_oracle", "paper_miou_oracle", "image_auroc",
+           "mean_z2_normal", "best_on_test_epoch", "best_on_test_pixel_auroc", "best_on_test_aupro",
+           "best_on_test_image_auroc"]
+
+#: The setup of the U-Flow paper's table (its rows in :func:`results_table`).
+PAPER_SETUP = dict(backbone="MS-CaiT, 448 px", nfa_scales="all (28², 14²)",
+                   checkpoint="best on test, per metric (early stopping on test pixel AUROC)")
+
+
+def nfa_scales_label(backbone: str) -> str:
+    """The scales the tree NFA of :func:`reproduce` uses for ``backbone``, in words: the rule of
+    :func:`uflow_lib.evaluation.default_nfa_scales` (MS-CaiT: all, as the paper; a CNN: the one scale nearest 16²)."""
+    return PAPER_SETUP["nfa_scales"] if backbone == "mcait" else "one: the scale nearest 16²"
 
 
 def _pct(v: float | None) -> float | None:
@@ -65,10 +78,14 @@ def _pct(v: float | None) -> float | None:
     return None if v is None else 100 * v
 
 
-def _row(category: str, metrics: dict, best: dict | None) -> dict:
+def _row(category: str, metrics: dict, best: dict | None, config: dict | None = None) -> dict:
     method = metrics.get("method", "uflow")
     paper = PAPER_RESULTS.get(category) if method == "uflow" else None  # the U-Flow paper's numbers
-    row = dict(method=method, category=category, epochs=metrics["epoch"], pixel_auroc=_pct(metrics["pixel_auroc"]),
+    backbone = metrics.get("backbone") or (config or {}).get("backbone")
+    row = dict(method=method, category=category, epochs=metrics["epoch"], backbone=backbone,
+               input_size=(config or {}).get("input_size"),
+               nfa_scales=nfa_scales_label(backbone) if backbone and "miou_auto" in metrics else None,
+               pixel_auroc=_pct(metrics["pixel_auroc"]),
                aupro=_pct(metrics["aupro"]), miou_auto=metrics.get("miou_auto"), miou_oracle=metrics.get("miou_oracle"),
                image_auroc=100 * metrics["image_auroc"], mean_z2_normal=metrics.get("mean_z2_normal"))
     if paper:
@@ -89,35 +106,72 @@ def _got(v, digits: int) -> str:
     return _fmt(v, digits, "n/a")
 
 
+def _mean(rows: Sequence[dict], key: str) -> float | None:
+    """Mean of ``key`` over ``rows``; None unless every row has it."""
+    return sum(r[key] for r in rows) / len(rows) if all(r.get(key) is not None for r in rows) else None
+
+
+def _backbone(r: dict) -> str:
+    name = r.get("backbone") or "?"
+    return f"{name}, {r['input_size']} px" if r.get("input_size") else name
+
+
 def results_table(rows: Sequence[dict]) -> str:
-    """Markdown table of :func:`reproduce` rows, with the mean over categories and the paper's numbers beside
-    (U-Flow rows only: "—" for MSFlow and SANFlow, whose papers report other protocols, see chapter 7). A method
-    column appears when a row is not U-Flow's."""
+    """Markdown table of :func:`reproduce` rows: one labelled row per setup, never two setups in one cell.
+
+    For each category: the row of this run (last epoch: the honest protocol), its best-on-test row when the run
+    evaluated on the test set during training (``eval_every``; selected on test, labelled so), and the U-Flow
+    paper's row (MS-CaiT at 448, best checkpoint on test, NFA on all scales; U-Flow rows only: MSFlow and
+    SANFlow's papers report other protocols, chapter 7). Each row names its backbone, epochs and NFA scales.
+    With several categories, mean rows follow (the paper's mean only when every category has the paper's
+    numbers). A method column appears when a row is not U-Flow's.
+    """
     show_method = any(r.get("method", "uflow") != "uflow" for r in rows)
     first = (lambda r: f"| {r.get('method', 'uflow')} ") if show_method else (lambda r: "")  # noqa: E731
-    head = (("| method " if show_method else "") + "| category | epochs | pixel AUROC (paper) | AUPRO (paper) "
-            "| mIoU auto (paper) | mIoU oracle (paper) | image AUROC | mean z² normal "
-            "| best-on-test: epoch / pixel AUROC / AUPRO |")
-    lines = [head, "|" + "---|" * (9 + show_method)]
+    head = (("| method " if show_method else "") + "| category | epochs | setup | backbone | NFA scales "
+            "| pixel AUROC | AUPRO | mIoU auto | mIoU oracle | image AUROC | mean z² normal |")
+    lines = [head, "|" + "---|" * (11 + show_method)]
+
+    def measured(r: dict, category: str, epochs: str, setup: str, backbone: str, nfa: str, unmeasured=()) -> str:
+        """A row of this run; ``unmeasured``: metrics it did not compute ("—", not "n/a")."""
+        v = lambda k, d: "—" if k in unmeasured else _got(r.get(k), d)  # noqa: E731
+        return (f"{first(r)}| {category} | {epochs} | {setup} | {backbone} | {nfa} | {v('pixel_auroc', 2)} "
+                f"| {v('aupro', 2)} | {v('miou_auto', 4)} | {v('miou_oracle', 4)} | {v('image_auroc', 2)} "
+                f"| {v('mean_z2_normal', 3)} |")
+
+    def paper(r: dict, category: str, epochs: str) -> str:
+        return (f"{first(dict(r, method='uflow'))}| {category} | {epochs} | U-Flow paper: {PAPER_SETUP['checkpoint']} "
+                f"| {PAPER_SETUP['backbone']} | {PAPER_SETUP['nfa_scales']} | {_fmt(r['paper_pixel_auroc'], 2)} "
+                f"| {_fmt(r['paper_aupro'], 2)} | {_fmt(r['paper_miou_auto'], 4)} | {_fmt(r['paper_miou_oracle'], 4)} "
+                f"| — | — |")
+
     for r in rows:
-        best = ("—" if r.get("best_on_test_epoch") is None else
-                f"{r['best_on_test_epoch']} / {_got(r['best_on_test_pixel_auroc'], 2)} / "
-                f"{_got(r['best_on_test_aupro'], 2)}")
-        lines.append(
-            f"{first(r)}| {r['category']} | {r['epochs']} | {_got(r['pixel_auroc'], 2)} ({_fmt(r.get('paper_pixel_auroc'), 2)}) "
-            f"| {_got(r['aupro'], 2)} ({_fmt(r.get('paper_aupro'), 2)}) "
-            f"| {_got(r.get('miou_auto'), 4)} ({_fmt(r.get('paper_miou_auto'), 4)}) "
-            f"| {_got(r.get('miou_oracle'), 4)} ({_fmt(r.get('paper_miou_oracle'), 4)}) "
-            f"| {_got(r['image_auroc'], 2)} | {_got(r['mean_z2_normal'], 3)} | {best} |")
+        lines.append(measured(r, r["category"], str(r["epochs"]), "this run: last epoch", _backbone(r),
+                              _fmt(r.get("nfa_scales"), 0)))
+        if r.get("best_on_test_epoch") is not None:
+            best = dict(r, pixel_auroc=r["best_on_test_pixel_auroc"], aupro=r["best_on_test_aupro"],
+                        image_auroc=r["best_on_test_image_auroc"])
+            lines.append(measured(best, r["category"], str(r["best_on_test_epoch"]),
+                                  "this run: best on test (selected on test)", _backbone(r), "— (no NFA)",
+                                  unmeasured=("miou_auto", "miou_oracle", "mean_z2_normal")))
+        if r.get("paper_pixel_auroc") is not None:
+            lines.append(paper(r, r["category"], f"≤ {CATEGORY_SETTINGS[r['category']].epochs}"))
     if len(rows) > 1:
-        mean = lambda k: sum(r[k] for r in rows) / len(rows) if all(r.get(k) is not None for r in rows) else None  # noqa: E731
-        lines.append(f"{'| ' if show_method else ''}| **mean** | | {_got(mean('pixel_auroc'), 2)} ({_fmt(mean('paper_pixel_auroc'), 2)}) "
-                     f"| {_got(mean('aupro'), 2)} ({_fmt(mean('paper_aupro'), 2)}) "
-                     f"| {_got(mean('miou_auto'), 4)} ({_fmt(mean('paper_miou_auto'), 4)}) "
-                     f"| {_got(mean('miou_oracle'), 4)} ({_fmt(mean('paper_miou_oracle'), 4)}) "
-                     f"| {_got(mean('image_auroc'), 2)} | | |")
-    lines += ["", "Last epoch (the honest protocol). Best-on-test columns, when present, select the epoch on the "
-              "test set's pixel AUROC as the authors did: they are not comparable to a held-out result."]
+        means = {k: _mean(rows, k) for k in ("pixel_auroc", "aupro", "miou_auto", "miou_oracle", "image_auroc",
+                                             "mean_z2_normal")}
+        same = lambda text: text(rows[0]) if all(text(r) == text(rows[0]) for r in rows) else "mixed"  # noqa: E731
+        means["method"] = same(lambda r: r.get("method", "uflow")) if show_method else ""
+        lines.append(measured(means, "**mean**", "", "this run: last epoch", same(_backbone),
+                              same(lambda r: _fmt(r.get("nfa_scales"), 0))))
+        if all(r.get("paper_pixel_auroc") is not None for r in rows):
+            paper_means = {k: _mean(rows, k) for k in ("paper_pixel_auroc", "paper_aupro", "paper_miou_auto",
+                                                        "paper_miou_oracle")}
+            lines.append(paper(dict(rows[0], **paper_means), "**mean**", ""))
+    lines += ["", "Each row is one setup. \"this run: last epoch\" is the honest protocol. Best-on-test rows, when "
+              "present, select the epoch on the test set's pixel AUROC as the authors did (no NFA at those "
+              "evaluations): they are not comparable to a held-out result. The U-Flow paper's rows are its published "
+              "numbers (another backbone, resolution, checkpoint rule and NFA scales): compare setups row by row, "
+              "not cell by cell."]
     if any(r["pixel_auroc"] is None for r in rows):
         lines.append("n/a: the category's test set has no ground-truth masks, so there are no pixel metrics (image "
                      "AUROC only; best-on-test then selects on image AUROC).")
@@ -243,7 +297,8 @@ def category_row(out: str | Path, category: str) -> dict:
     best-on-test record of ``<out>/<category>/last.pt``."""
     folder = Path(out) / category
     metrics = json.loads((folder / "metrics.json").read_text())
-    return _row(category, metrics, load_checkpoint(folder / "last.pt").get("best_on_test"))
+    ckpt = load_checkpoint(folder / "last.pt")
+    return _row(category, metrics, ckpt.get("best_on_test"), ckpt.get("config"))
 
 
 def _config(out: Path, category: str, settings: dict, device: str) -> TrainConfig:

@@ -8,7 +8,10 @@ underflow):
 .. math:: \log p_s(i, j) = -\tfrac12 \cdot \tfrac{1}{C_s} \sum_c z_{s,c,i,j}^2 .
 
 Each method combines these maps in its own way (U-Flow: :func:`uflow_lib.methods.uflow.anomaly_score_map`;
-MSFlow: :func:`uflow_lib.methods.msflow.msflow_anomaly_maps`). :func:`log_upsample` resizes :math:`p_s`
+MSFlow: :func:`uflow_lib.methods.msflow.msflow_anomaly_maps`). Summing the :math:`\log p_s` of the scales
+multiplies per-scale *geometric means*, one per scale whatever its width; :func:`joint_score_map` is the
+negative log-likelihood of the independent scales' joint Gaussian model instead, which weighs scale :math:`s` by
+its :math:`C_s`. :func:`log_upsample` resizes :math:`p_s`
 bilinearly *in the log domain* (``logaddexp`` of the two neighbours' weighted log-likelihoods along each axis),
 so maps that would underflow or saturate in float32 keep their order.
 """
@@ -18,8 +21,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["log_likelihood_maps", "log_upsample", "image_scores", "mean_z2"]
+__all__ = ["log_likelihood_maps", "log_upsample", "joint_score_map", "image_scores", "mean_z2"]
 
 
 def _check_latents(latents: Sequence[torch.Tensor]) -> None:
@@ -58,6 +62,26 @@ def _log_bilinear_axis(logx: torch.Tensor, out: int, dim: int) -> torch.Tensor:
 def log_upsample(logx: torch.Tensor, out_size: int) -> torch.Tensor:
     """``(B, 1, h, w)`` log values → ``(B, 1, out, out)`` log of the bilinearly upsampled ``exp(logx)``."""
     return _log_bilinear_axis(_log_bilinear_axis(logx.double(), out_size, 2), out_size, 3)
+
+
+def joint_score_map(latents: Sequence[torch.Tensor], out_size: int = 256) -> torch.Tensor:
+    r"""Negative joint log-likelihood of the scales under :math:`\mathcal N(0, I)`, up to constants,
+    ``(B, 1, out, out)`` float64 (higher = more anomalous):
+
+    .. math:: S_{\mathrm{joint}} = -\sum_s C_s \operatorname{up}(\log p_s)
+              = \tfrac12 \sum_s \operatorname{up}(\lVert z_s \rVert^2) .
+
+    latents: list of ``(B, C_s, h_s, w_s)``, fine → coarse; ``up`` is bilinear (``align_corners=False``) on the
+    log-likelihood, as in U-Flow's ``combine="product"`` map, which weighs every scale 1 instead of :math:`C_s`.
+    The constant :math:`\tfrac12 \sum_s C_s \log 2\pi` is left out, and so is the flow's log-determinant:
+    like U-Flow's scores, this is the density of the latents only, not of the features.
+    """
+    _check_latents(latents)
+    ups = [
+        z.shape[1] * F.interpolate(lp.double(), size=(out_size, out_size), mode="bilinear", align_corners=False)
+        for z, lp in zip(latents, log_likelihood_maps(latents))
+    ]  # each (B, 1, out, out): C_s · up(log p_s)
+    return -torch.stack(ups).sum(dim=0)
 
 
 def image_scores(score_map: torch.Tensor) -> torch.Tensor:

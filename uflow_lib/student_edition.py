@@ -58,6 +58,8 @@ def stage(repo: Path, dest: Path) -> Path:
     shutil.copytree(repo / "_ext", dest / "_ext", ignore=shutil.ignore_patterns("__pycache__"))
     for page in sorted((repo / "book").glob("*.md")):
         shutil.copy2(page, pages / page.name)
+    if (repo / "book" / "figures").is_dir():  # static figures the pages include (e.g. the intro's pipeline)
+        shutil.copytree(repo / "book" / "figures", pages / "figures")
     for copy in copies:
         shutil.copy2(copy, pages / copy.name)
     return dest

@@ -1,7 +1,7 @@
 r"""Checks for the exercises of chapter 4 (likelihood scoring and the metrics).
 
 Each ``check_*`` takes the student's function, calls it on cases it builds itself and compares the result with an *independent* reference: :func:`uflow_lib.methods.uflow.anomaly_score_map`
-for the product of the per-scale likelihoods, :func:`sklearn.metrics.roc_auc_score` for the AUROC,
+for the product of the per-scale geometric means, :func:`sklearn.metrics.roc_auc_score` for the AUROC,
 :func:`uflow_lib.metrics.pro_curve` for the FPR and PRO at one threshold, :func:`uflow_lib.metrics.iou_per_image` for the
 IoU and :func:`scipy.ndimage.gaussian_filter` for the blur, plus small hand-checked cases. A wrong, missing
 (``None``) or unfinished answer raises :class:`~uflow_lib.exercises.ExerciseFailed` with a hint.

@@ -348,9 +348,9 @@ class MSFlowMethod(FlowMethod):
     grad_clip = GRAD_CLIP_NORM
     #: 10× the recipe's learning rate, so that a few hundred CPU steps suffice (as U-Flow's CPU recipe)
     cpu_recipe = Recipe(30, 8, 1e-3)
-    #: MobileNetV2: of the recipe's lr and 4× it (its schedule stretched to 90 epochs, about 9.5 CPU minutes),
-    #: validation chose the recipe's (pixel AUROC / AUPRO 0.9829 / 0.9228 against 0.9815 / 0.9230;
-    #: recipe_validation.md)
+    #: MobileNetV2: of the recipe's lr and 4× it (its schedule stretched to 90 epochs), validation chose the
+    #: recipe's (pixel AUROC / AUPRO 0.9829 / 0.9228 against 0.9815 / 0.9230;
+    #: benchmarks/results/recipe_validation.md)
     validated_recipe = Recipe(90, 8, 1e-4)
 
     def recipe(self, category):

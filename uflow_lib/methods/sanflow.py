@@ -82,21 +82,30 @@ from ..augmentation import synthesize_anomalies
 from ..config import TrainConfig
 from ..flow_blocks import CLAMP, positional_encoding_2d
 from ..inverse_gamma import expected_normal_log_likelihood, gaussian_log_likelihood, ig_kl, ig_mode_variance
-from ..runtime import numpy_global_seed
+from ..runtime import keep_freed_memory, numpy_global_seed
 from .base import FlowMethod, Recipe, check_cnn_backbone
 
 __all__ = [
-    "FAST_PATHS", "sample_at_grid", "VarianceNet", "FactoredSubnet", "subnet_fc", "build_fibre_flow", "SANFlow",
+    "FAST_PATHS", "BF16_VARIANCE_CONVS", "sample_at_grid", "VarianceNet", "batch_norm_relu", "conv3x3_rows",
+    "conv3x3_at", "FactoredSubnet", "subnet_fc", "build_fibre_flow", "SANFlow",
     "split_bce", "SANFlowLossConfig",
     "SANFlowLossTerms", "sanflow_loss_terms", "sanflow_loss", "sanflow_log_prob", "sanflow_anomaly_maps", "RECIPE",
     "SANFlowMethod",
 ]
 
 LOG_ALPHA_MIN, LOG_ALPHA_MAX = math.log(1e-8), math.log(1e4)
-#: The faster computation of the same losses: the condition factored out of the subnets (:class:`FactoredSubnet`)
-#: and channels-last convolutions in the variance network and the backbone. False: the plain computation, kept
-#: so that benchmarks/bench_sanflow_speed.py measures the speed-up in one run.
+#: The faster computation of the same losses: the condition factored out of the subnets (:class:`FactoredSubnet`);
+#: in the variance network channels-last convolutions, batch norms with pairwise sums and the ReLU fused
+#: (:func:`batch_norm_relu`), the input convolution as a matrix product (:func:`conv3x3_rows`) and the output
+#: convolution only where the loss samples it (:meth:`VarianceNet.sampled`); a channels-last backbone; in training,
+#: freed memory kept for reuse (:func:`uflow_lib.runtime.keep_freed_memory`). False: the plain computation, kept so that
+#: benchmarks/bench_sanflow_speed.py measures the speed-up in one run.
 FAST_PATHS = True
+#: An option that does NOT compute the same losses: the variance network's w → w convolutions in bfloat16
+#: (autocast; the batch norms stay in float32), faster on CPUs with AVX512-BF16 but with gradients far less precise
+#: (benchmarks/bench_sanflow_speed.py measures both). Off by default; used only with :data:`FAST_PATHS`.
+BF16_VARIANCE_CONVS = False
+
 #: Widest layer that gets FrEIA's soft permutations by default (see :class:`SANFlow`)
 SOFT_PERMUTATION_MAX_CHANNELS = 1024
 
@@ -139,10 +148,137 @@ class VarianceNet(nn.Module):
             self.out.bias.copy_(torch.tensor([math.log(prior[0]), math.log(prior[1])]))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # channels-last activations (FAST_PATHS): the same convolutions, about 1.3x faster on CPUs (oneDNN)
-        h = F.relu(self.inp(_fast_layout(images)))  # (B, w, H, W)
-        o = self.out(h + self.blocks(h))  # (B, 2, H, W)
+        o = self.out(self.trunk(images))  # (B, 2, H, W)
         return o[:, :1].clamp(LOG_ALPHA_MIN, LOG_ALPHA_MAX), o[:, 1:]
+
+    def trunk(self, images: torch.Tensor) -> torch.Tensor:
+        """Everything before the output convolution: ``(B, 3, H, W)`` → ``h + blocks(h)``, ``(B, w, H, W)``.
+
+        With :data:`FAST_PATHS`: channels-last activations (the same convolutions, faster with oneDNN), the
+        3-channel input convolution as one matrix product on 3×3 patches (:func:`conv3x3_rows`), each batch norm
+        and its ReLU in one function with precise sums in training (:func:`batch_norm_relu`), ReLUs in place.
+        """
+        if not FAST_PATHS:
+            h = F.relu(self.inp(images))  # (B, w, H, W)
+            return h + self.blocks(h)
+        B, _, H, W = images.shape
+        h = conv3x3_rows(images, self.inp.weight, self.inp.bias).relu_()  # (B·H·W, w)
+        h = h.view(B, H, W, -1).permute(0, 3, 1, 2)  # (B, w, H, W), channels-last
+        t = h
+        for i in range(0, len(self.blocks), 3):  # [Conv, BN, ReLU] × n_blocks
+            if BF16_VARIANCE_CONVS:  # the option above: not the same losses
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    y = self.blocks[i](t)
+                y = y.float()
+            else:
+                y = self.blocks[i](t)
+            bn = self.blocks[i + 1]
+            t = batch_norm_relu(y, bn) if bn.training else bn(y).relu_()
+        return h + t
+
+    def sampled(self, images: torch.Tensor,
+                sizes: Sequence[tuple[int, int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(log α, log β)`` sampled nearest at each grid of ``sizes``, each ``(B, h, w)``: the same values as
+        :func:`sample_at_grid` applied to :meth:`forward`'s maps.
+
+        With :data:`FAST_PATHS` the output convolution (w → 2 channels) is computed only where it is sampled: one
+        matrix product gives every tap's contribution ``u = t W_tap`` (``(B, H, W, 9·2)``) and each sampled pixel
+        sums its nine taps (:func:`conv3x3_at`).
+        """
+        if not FAST_PATHS:
+            log_ab = torch.cat(self(images), dim=1)  # (B, 2, H, W)
+            return [tuple(sample_at_grid(log_ab, tuple(s)).unbind(dim=1)) for s in sizes]
+        t = self.trunk(images)  # (B, w, H, W)
+        out = []
+        for o in conv3x3_at(t, self.out.weight, self.out.bias, [tuple(s) for s in sizes]):  # each (B, 2, h, w)
+            out.append((o[:, 0].clamp(LOG_ALPHA_MIN, LOG_ALPHA_MAX), o[:, 1]))
+        return out
+
+
+def batch_norm_relu(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """``relu(bn(x))`` in training mode for channels-last ``x`` ``(B, C, H, W)`` (updates ``bn``'s running
+    statistics as it does) → ``(B, C, H, W)``, channels-last.
+
+    PyTorch's channels-last batch norm accumulates its per-channel sums pixel after pixel in float32, so over the
+    B·H·W pixels of the variance network its statistics and gradients lose precision (about a hundred times the
+    contiguous kernel's error), which the backward pass of the convolutions before it amplifies. Here the sums are
+    torch's pairwise ones over rows ``(B·H·W, C)`` (:class:`_BatchNormReLUFunction`); one (B·H·W, C) buffer in the
+    forward pass and two in the backward pass, as batch norm + ReLU.
+    """
+    B, C, H, W = x.shape
+    rows = x.permute(0, 2, 3, 1).reshape(B * H * W, C)  # a view when x is channels-last
+    y, mean, var = _BatchNormReLUFunction.apply(rows, bn.weight, bn.bias, bn.eps)
+    if bn.track_running_stats:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            n = rows.shape[0]
+            bn.running_mean.mul_(1 - m).add_(mean, alpha=m)
+            bn.running_var.mul_(1 - m).add_(var * (n / max(n - 1, 1)), alpha=m)  # unbiased, as PyTorch
+    return y.view(B, H, W, C).permute(0, 3, 1, 2)
+
+
+class _BatchNormReLUFunction(torch.autograd.Function):
+    """Training-mode batch norm over rows ``x`` ``(n, C)`` followed by a ReLU → ``(relu(y), mean, biased var)``;
+    the statistics are pairwise sums over the rows, the backward pass is the batch norm's, written out."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        n = x.shape[0]
+        mean = x.sum(dim=0) / n  # (C,)
+        buf = (x - mean).square_()  # (n, C): the only (n, C) buffer of the forward pass
+        var = buf.sum(dim=0) / n
+        invstd = torch.rsqrt(var + eps)
+        scale = invstd * weight
+        y = torch.addcmul(bias, torch.sub(x, mean, out=buf), scale, out=buf).clamp_min_(0)
+        ctx.save_for_backward(x, y, mean, invstd, scale)
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, grad, _grad_mean, _grad_var):
+        x, y, mean, invstd, scale = ctx.saved_tensors
+        n = x.shape[0]
+        g = torch.ops.aten.threshold_backward(grad, y, 0)  # the ReLU's: zero where y = 0
+        g_bias = g.sum(dim=0)
+        buf = (x - mean).mul_(g)
+        g_weight = buf.sum(dim=0) * invstd  # sum of g · x_hat
+        # dL/dx = scale · (g - mean(g) - x_hat · mean(g · x_hat)), x_hat = (x - mean) · invstd
+        g_x = torch.addcmul(-g_bias / n * scale, torch.sub(x, mean, out=buf), -g_weight / n * invstd * scale,
+                            out=buf).addcmul_(g, scale)
+        return g_x, g_weight, g_bias, None
+
+
+def conv3x3_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, padding=1)`` for a 3×3 kernel as one matrix product on the 3×3 patches (faster
+    than oneDNN for few input channels), one row per pixel. ``x`` ``(B, c, H, W)``, ``weight`` ``(k, c, 3, 3)`` →
+    ``(B·H·W, k)``, rows in (b, y, x) order: ``.view(B, H, W, k).permute(0, 3, 1, 2)`` is the convolution's
+    ``(B, k, H, W)`` in channels-last memory."""
+    B, c, H, W = x.shape
+    xp = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1)  # (B, H+2, W+2, c)
+    cols = torch.stack([xp[:, dy:dy + H, dx:dx + W] for dy in range(3) for dx in range(3)], dim=3)  # (B,H,W,9,c)
+    return F.linear(cols.view(B * H * W, 9 * c), weight.permute(0, 2, 3, 1).reshape(len(weight), 9 * c), bias)
+
+
+def conv3x3_at(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+               sizes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+    """``sample_at_grid(F.conv2d(x, weight, bias, padding=1), size)`` for each size, computing the convolution
+    only at the sampled pixels. ``x`` ``(B, c, H, W)``, ``weight`` ``(k, c, 3, 3)`` → list of ``(B, k, h, w)``.
+
+    One matrix product gives every tap's contribution at every pixel, ``u = x W_tap`` (``(B, H, W, 9 k)``, cheap for
+    few output channels); a sampled pixel's output is the sum of its nine taps' entries (zero outside the image).
+    """
+    B, c, H, W = x.shape
+    k = len(weight)
+    u = F.linear(x.permute(0, 2, 3, 1).reshape(B * H * W, c), weight.permute(2, 3, 0, 1).reshape(9 * k, c))
+    up = F.pad(u.view(B, H, W, 9 * k), (0, 0, 1, 1, 1, 1)).view(B, (H + 2) * (W + 2), 9, k)  # zero border
+    grid = torch.arange(H * W, dtype=torch.float64).view(1, 1, H, W)
+    flat = torch.cat([sample_at_grid(grid, tuple(s)).long().view(-1) for s in sizes])  # sampled pixels, y·W + x
+    taps = torch.tensor([dy * (W + 2) + dx for dy in range(3) for dx in range(3)])  # (9,) offsets, padded map
+    at = ((flat // W) * (W + 2) + flat % W)[:, None] + taps  # (P, 9): each tap's pixel in the padded map
+    v = up[:, at, torch.arange(9)].sum(dim=2) + bias  # (B, P, k)
+    return [o.view(B, h, w, k).permute(0, 3, 1, 2) for o, (h, w) in
+            zip(v.split([h * w for h, w in sizes], dim=1), sizes)]
 
 
 class FactoredSubnet(nn.Sequential):
@@ -165,10 +301,40 @@ class FactoredSubnet(nn.Sequential):
         n, p = inp.shape[0], self.period
         if not p or n % p or self.cond_channels == 0:
             return super().forward(inp)
-        first, k = self[0], inp.shape[1] - self.cond_channels
-        per_position = F.linear(inp[:p, k:], first.weight[:, k:])  # (h·w, 2 c_in)
-        h = F.linear(inp[:, :k], first.weight[:, :k], first.bias).view(n // p, p, -1) + per_position
-        return self[2](F.relu(h.view(n, -1)))
+        return _FactoredSubnetFunction.apply(inp, self[0].weight, self[0].bias, self[2].weight, self[2].bias,
+                                             inp.shape[1] - self.cond_channels, p)
+
+
+class _FactoredSubnetFunction(torch.autograd.Function):
+    r"""``Linear₂(ReLU(Linear₁([x₁, pe])))`` for rows ``[x₁, pe]`` ``(n, k + P)`` whose ``pe`` repeats every ``p``
+    rows → ``(n, c_out)``, with its backward written out: :math:`W_{pe} pe + b` once per position, one
+    ``(n, 2 c_in)`` buffer for the hidden layer in the forward pass and one (the ReLU's mask applied in place) in
+    the backward pass. The gradient is that of the plain ``nn.Sequential`` (the rows ``p..n`` of ``pe``, never
+    read, get zero)."""
+
+    @staticmethod
+    def forward(ctx, inp, w1, b1, w2, b2, k, p):
+        n = inp.shape[0]
+        per_position = torch.addmm(b1, inp[:p, k:], w1[:, k:].t())  # (p, 2 c_in)
+        h = per_position.repeat(n // p, 1).addmm_(inp[:, :k], w1[:, :k].t()).relu_()  # (n, 2 c_in)
+        ctx.save_for_backward(inp, h, w1, w2)
+        ctx.k, ctx.p = k, p
+        return torch.addmm(b2, h, w2.t())  # (n, c_out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        inp, h, w1, w2 = ctx.saved_tensors
+        k, p, n = ctx.k, ctx.p, inp.shape[0]
+        g_h = grad.mm(w2)  # (n, 2 c_in)
+        torch.ops.aten.threshold_backward.grad_input(g_h, h, 0, grad_input=g_h)  # ReLU's mask, in place
+        g_pos = g_h.view(n // p, p, -1).sum(dim=0)  # (p, 2 c_in): the per-position term's gradient
+        g_w1 = torch.cat([g_h.t().mm(inp[:, :k]), g_pos.t().mm(inp[:p, k:])], dim=1)  # (2 c_in, k + P)
+        g_inp = None
+        if ctx.needs_input_grad[0]:
+            g_inp = inp.new_zeros(inp.shape)  # (n, k + P)
+            g_inp[:, :k] = g_h.mm(w1[:, :k])
+            g_inp[:p, k:] = g_pos.mm(w1[:, k:])
+        return g_inp, g_w1, g_pos.sum(dim=0), grad.t().mm(h), grad.sum(dim=0), None, None
 
 
 def subnet_fc(c_in: int, c_out: int, cond_channels: int = 0) -> nn.Module:
@@ -267,8 +433,7 @@ class SANFlow(nn.Module):
 
         One variance-net pass at full resolution, sampled nearest at each layer's grid.
         """
-        log_ab = torch.cat(self.variance_net(images), dim=1)  # (B, 2, H, W)
-        return [tuple(sample_at_grid(log_ab, tuple(s)).unbind(dim=1)) for s in sizes]  # each (B, h, w)
+        return self.variance_net.sampled(images, sizes)  # each (B, h, w)
 
     def features_and_statistics(self, extractor: nn.Module, images: torch.Tensor):
         """Images ``(B, 3, S, S)`` in [0, 1] → backbone maps (list of ``(B, C_l, h_l, w_l)``, frozen) and per layer
@@ -406,8 +571,8 @@ class SANFlowMethod(FlowMethod):
     #: 10× the recipe's lr for a few hundred CPU steps; the variance network sees 64-px images, most of a step's cost
     cpu_recipe = Recipe(10, 8, 2e-3)
     cpu_overrides = {"variance_size": 64}
-    #: MobileNetV2: of the recipe's lr and 4× it (25 epochs, about 10 CPU minutes at batch 8), validation chose 4×
-    #: (recipe_validation.md)
+    #: MobileNetV2: of the recipe's lr and 4× it (25 epochs at batch 8: 8.9 CPU minutes), validation chose 4×
+    #: (benchmarks/results/recipe_validation.md)
     validated_recipe = Recipe(25, 8, 2e-3)
 
     def recipe(self, category):
@@ -433,6 +598,8 @@ class SANFlowMethod(FlowMethod):
         return 1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
     def loss(self, model, extractor, batch):
+        if FAST_PATHS:
+            keep_freed_memory()
         images, masks = synthesize_anomalies(batch["images"], batch["rng"])  # (B, 3, S, S), (B, 1, S, S)
         feats, stats = model.features_and_statistics(extractor, images)
         total = 0.0
