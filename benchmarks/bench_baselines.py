@@ -23,9 +23,8 @@ import os
 import sys
 from pathlib import Path
 
-from common import MVTEC_ROOT as ROOT, REPO, RESULTS, WEIGHTS, have_bottle, machine_line, run_cli
+from common import MVTEC_ROOT as ROOT, REPO, RESULTS, WEIGHTS, have_bottle, machine_line, mean_std, run_cli
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 #: Runs whose result does not depend on the seed (measured once).
@@ -76,8 +75,7 @@ def summary(rows: list[dict]) -> str:
     lines = ["| method | seeds | image AUROC | pixel AUROC | AUPRO |", "|---|---|---|---|---|"]
     for run in dict.fromkeys(r["run"] for r in rows):
         group = [r for r in rows if r["run"] == run]
-        cell = lambda k: (f"{np.mean([r[k] for r in group]):.4f} ± {np.std([r[k] for r in group], ddof=1):.4f}"  # noqa: E731
-                          if len(group) > 1 else f"{group[0][k]:.4f}")
+        cell = lambda k: mean_std(r[k] for r in group)  # noqa: E731
         lines.append(f"| {NAMES[run]} | {len(group)} | {cell('image_auroc')} | {cell('pixel_auroc')} "
                      f"| {cell('aupro')} |")
     return "\n".join(lines)

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import MVTEC_ROOT as ROOT, REPO, RESULTS, WEIGHTS, have_bottle, machine_line, run_cli
+from common import MVTEC_ROOT as ROOT, REPO, RESULTS, WEIGHTS, have_bottle, machine_line, mean_std, run_cli
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -94,13 +94,8 @@ def evaluate(run: str, checkpoint: Path) -> dict:
     return row
 
 
-def _cell(group: list[dict], key: str, digits: int = 4) -> str:
-    values = [r[key] for r in group if r.get(key) is not None]
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+def _cell(group: list[dict], key: str) -> str:
+    return mean_std(r[key] for r in group if r.get(key) is not None)
 
 
 def summary(rows: list[dict]) -> str:

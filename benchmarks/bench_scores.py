@@ -26,7 +26,7 @@ import json
 import os
 from pathlib import Path
 
-from common import MVTEC_ROOT as ROOT, REPO, RESULTS, have_bottle, machine_line
+from common import MVTEC_ROOT as ROOT, REPO, RESULTS, have_bottle, machine_line, mean_std
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -84,10 +84,6 @@ def evaluate(seed: int, checkpoint: Path) -> dict:
     return row
 
 
-def _mean_std(values: list[float]) -> str:
-    return f"{values[0]:.4f}" if len(values) == 1 else f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
-
-
 def report(rows: list[dict], load: float) -> str:
     names = list(rows[0]["scores"])
     lines = ["# U-Flow's score maps on MVTec AD bottle (MobileNetV2, 256, last epoch)", "",
@@ -105,7 +101,7 @@ def report(rows: list[dict], load: float) -> str:
              "Mean ± standard deviation over the seeds (ddof 1):", "",
              "| map | image AUROC | pixel AUROC | AUPRO |", "|---|---|---|---|"]
     for n in names:
-        cells = [_mean_std([r["scores"][n][k] for r in rows]) for k in ("image_auroc", "pixel_auroc", "aupro")]
+        cells = [mean_std([r["scores"][n][k] for r in rows]) for k in ("image_auroc", "pixel_auroc", "aupro")]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     lines += ["", "Each seed: float32 saturation of A, and A against S.", "",
               "| seed | images with max A = 1 (defective of them) | defect pixels at A = 1 | normal pixels at A = 1 | "
@@ -131,7 +127,7 @@ def report(rows: list[dict], load: float) -> str:
     for r in rows:
         lines.append(f"| {r['seed']} | {r['miou_oracle_on_s']:.4f} | {r['miou_nfa_auto']:.4f} | "
                      f"{r['miou_oracle_on_nfa']:.4f} |")
-    lines.append("| mean ± std | " + " | ".join(_mean_std([r[k] for r in rows]) for k in
+    lines.append("| mean ± std | " + " | ".join(mean_std([r[k] for r in rows]) for k in
                                                 ("miou_oracle_on_s", "miou_nfa_auto", "miou_oracle_on_nfa")) + " |")
     return "\n".join(lines) + "\n"
 

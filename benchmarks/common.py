@@ -43,6 +43,18 @@ def machine_line(load: float | None = None) -> str:
     return line + ("" if load is None else f"; load average {load:.2f} at the start")
 
 
+def mean_std(values, digits: int = 4) -> str:
+    """``mean ± std`` (ddof 1) of ``values`` for a results table; the value alone for one, ``—`` for none."""
+    import numpy as np
+
+    values = list(values)
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
 #: Runs ``python -m uflow_lib`` with sys.argv set, then writes the process's peak resident set (KiB) to a file.
 _WRAP = ("import atexit, os, resource, runpy, sys; sys.argv = ['uflow_lib', *sys.argv[1:]]; "
          "atexit.register(lambda: open(os.environ['BENCH_RSS_FILE'], 'w').write("
