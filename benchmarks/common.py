@@ -33,13 +33,30 @@ def have_bottle() -> bool:
     return False
 
 
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name and widest vector units, e.g. ``Intel(R) Xeon(R) Processor with AVX-512 and AMX``
+    (from Linux's ``cpuinfo``; ``""`` where there is none). Timings and their ratios depend on them, and the
+    machines this project runs on differ."""
+    try:
+        info = cpuinfo.read_text()
+    except OSError:
+        return ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    units = [label for flag, label in (("avx512f", "AVX-512"), ("amx_tile", "AMX")) if flag in flags]
+    if not units and "avx2" in flags:
+        units = ["AVX2"]
+    return name + (" with " + " and ".join(units) if units else "")
+
+
 def machine_line(load: float | None = None) -> str:
-    """``Machine: <cpu>, <n> CPUs, Python <v>, torch <v>`` (and the 1-minute load average at the start, when
-    given; the machine is shared), for a results file."""
+    """``Machine: <arch> (<cpu model>), <n> CPUs, Python <v>, torch <v>`` (and the 1-minute load average at the
+    start, when given; the machine is shared), for a results file."""
     import torch
 
-    line = (f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
-            f"{platform.python_version()}, torch {torch.__version__}")
+    model = cpu_model()
+    line = (f"Machine: {platform.processor() or platform.machine()}{f' ({model})' if model else ''}, "
+            f"{os.cpu_count()} CPUs, Python {platform.python_version()}, torch {torch.__version__}")
     return line + ("" if load is None else f"; load average {load:.2f} at the start")
 
 

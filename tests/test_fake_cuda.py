@@ -278,3 +278,42 @@ def test_mcait_on_fake_cuda(fake: FakeCuda) -> None:
     assert [tuple(f.shape) for f in feats] == [(BATCH, 768, 28, 28), (BATCH, 384, 14, 14)]
     assert all(_on_cuda(f) for f in feats)
     assert extractor.channels == [768, 384] and extractor.strides == [16, 32]
+
+
+class _Ctx:
+    """Stands in for autograd's context, to call a Function's forward and backward by hand (the autograd engine
+    needs a real CUDA device for a backward pass on CUDA tensors)."""
+
+    needs_input_grad = (True,) * 12
+
+    def save_for_backward(self, *tensors: torch.Tensor) -> None:
+        self.saved_tensors = tensors
+
+    def mark_non_differentiable(self, *tensors: torch.Tensor) -> None:
+        pass
+
+
+def test_hand_written_backward_passes_on_fake_cuda(fake: FakeCuda) -> None:
+    """SANFlow's hand-written autograd functions (fused coupling block, factored subnet, batch norm + ReLU) make
+    every tensor of their forward and backward passes on the input's device."""
+    from uflow_lib.methods import sanflow as sf
+
+    n, C, P, p, H = 12, 5, 4, 6, 2 * (5 - 5 // 2 + 4)
+    with fake:
+        cuda = dict(device="cuda")
+        x, cond = torch.randn(n, C, **cuda), torch.randn(n, P, **cuda)
+        w1, b1 = torch.randn(H, C - C // 2 + P, **cuda), torch.randn(H, **cuda)
+        w2, b2 = torch.randn(2 * (C // 2), H, **cuda), torch.randn(2 * (C // 2), **cuda)
+        gamma, offset, w_perm = torch.randn(1, C, **cuda), torch.randn(1, C, **cuda), torch.randn(C, C, **cuda)
+        ctx = _Ctx()
+        out, log_jac = sf._FusedCouplingFunction.forward(ctx, x, cond, w1, b1, w2, b2, gamma, offset, w_perm, 1.9, p)
+        grads = sf._FusedCouplingFunction.backward(ctx, torch.randn_like(out), torch.randn_like(log_jac))
+        inp = torch.cat([x[:, :C - C // 2], cond], 1)
+        ctx2 = _Ctx()
+        y = sf._FactoredSubnetFunction.forward(ctx2, inp, w1, b1, w2, b2, C - C // 2, p)
+        grads += sf._FactoredSubnetFunction.backward(ctx2, torch.randn_like(y))
+        ctx3 = _Ctx()
+        outs = sf._BatchNormReLUFunction.forward(ctx3, x, torch.rand(C, **cuda), torch.randn(C, **cuda), 1e-5)
+        grads += sf._BatchNormReLUFunction.backward(ctx3, torch.randn_like(outs[0]), None, None)
+    tensors = [out, log_jac, y, *outs, *(g for g in grads if g is not None)]
+    assert len(tensors) == 3 + 3 + 7 + 5 + 3 and all(_on_cuda(t) for t in tensors)

@@ -349,6 +349,75 @@ def test_fast_paths_compute_the_same_loss_and_gradients(monkeypatch):
 # ------------------------------------------------------------------- the fast paths' pieces, one by one (float64)
 
 
+@pytest.mark.parametrize("channels,soft", [(5, True), (6, False)])
+def test_fused_coupling_is_freia_with_its_exact_gradient(channels, soft):
+    """fibre_flow_fused = FrEIA's SequenceINN of AllInOneBlocks with the factored subnets (odd and even channels,
+    soft and hard permutations): bit for bit the same latents, log-dets and gradients of every parameter and of the
+    fibres, in float32 and float64."""
+    from uflow_lib.flow_blocks import positional_encoding_2d
+    from uflow_lib.methods import sanflow as sf
+
+    torch.manual_seed(0)
+    P, (B, h, w) = 4, (3, 2, 3)
+    flow = sf.build_fibre_flow(channels, cond_channels=P, n_blocks=3, permute_soft=soft)
+    with torch.no_grad():  # move every parameter off its initial value (the last layers start at zero)
+        for prm in flow.parameters():
+            if prm.requires_grad:
+                prm.add_(0.3 * torch.randn_like(prm))
+    for sub in (m for m in flow.modules() if isinstance(m, sf.FactoredSubnet)):
+        sub.period = h * w  # FrEIA's path with the factored subnets, as SANFlow.flow_layer sets it
+    pe = positional_encoding_2d(P, h, w).permute(1, 2, 0).reshape(h * w, P)  # (p, P)
+    for dtype in (torch.float32, D):
+        flow.to(dtype)
+        cond = pe.to(dtype).repeat(B, 1)  # (n, P): image-major rows
+        fibres = torch.randn(B * h * w, channels, dtype=dtype, requires_grad=True)
+        assert all(sf.fused_coupling_applies(b, len(fibres), h * w) for b in flow.module_list)
+        assert not sf.fused_coupling_applies(flow.module_list[0], len(fibres) + 1, h * w)  # not whole images
+        params = [prm for prm in flow.parameters() if prm.requires_grad]
+
+        def run(fused):
+            z, log_det = sf.fibre_flow_fused(flow, fibres, cond, h * w) if fused else flow(fibres, c=[cond])
+            loss = (z.sin() * torch.arange(channels, dtype=dtype)).sum() + (log_det * log_det.cos()).sum()
+            return [z, log_det, *torch.autograd.grad(loss, [fibres, *params])]
+
+        for got, want in zip(run(True), run(False)):
+            assert torch.equal(got, want)
+    pe = pe.double()
+    x = torch.randn(2 * h * w, channels, dtype=D, requires_grad=True)
+    blk = flow.module_list[0]
+    sub = blk.subnet
+    args = (x, sub[0].weight, sub[0].bias, sub[2].weight, sub[2].bias, blk.global_scale, blk.global_offset)
+
+    def both_outputs(x, *a):
+        z, log_jac = sf._FusedCouplingFunction.apply(x, pe.repeat(2, 1), *a, blk.w_perm, blk.clamp, h * w)
+        return z.sin().sum(dim=1) + log_jac  # (n,)
+
+    assert torch.autograd.gradcheck(both_outputs, args)
+
+
+def test_fused_coupling_is_used_only_where_it_is_exact(monkeypatch):
+    import FrEIA.framework as Ff
+    import FrEIA.modules as Fm
+
+    from uflow_lib.methods import sanflow as sf
+
+    flow = Ff.SequenceINN(4)
+    flow.append(Fm.AllInOneBlock, cond=0, cond_shape=(4,), subnet_constructor=lambda i, o: sf.subnet_fc(i, o, 4),
+                global_affine_type="SIGMOID")
+    assert not sf.fused_coupling_applies(flow.module_list[0], 6, 3)  # another global affine
+    model = SANFlow([4], cond_channels=4, n_blocks=2)
+    real, calls = sf.fibre_flow_fused, []
+    monkeypatch.setattr(sf, "fibre_flow_fused", lambda *a: calls.append(a[-1]) or real(*a))
+    x = torch.randn(2, 4, 3, 3)
+    z, _ = model.flow_layer(0, x)  # the forward direction goes through it, one image (9 positions) per period
+    assert calls == [9]
+    back, _ = model.flow_layer(0, z, rev=True)  # the inverse does not
+    torch.testing.assert_close(back, x, rtol=1e-4, atol=1e-5)
+    monkeypatch.setattr(sf, "FAST_PATHS", False)
+    model.flow_layer(0, x)  # nor the plain path
+    assert calls == [9]
+
+
 def test_factored_subnet_function_is_the_plain_subnet_with_its_exact_gradient():
     from uflow_lib.methods import sanflow as sf
 

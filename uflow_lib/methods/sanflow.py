@@ -87,19 +87,21 @@ from .base import FlowMethod, Recipe, check_cnn_backbone
 
 __all__ = [
     "FAST_PATHS", "BF16_VARIANCE_CONVS", "sample_at_grid", "VarianceNet", "batch_norm_relu", "conv3x3_rows",
-    "conv3x3_at", "FactoredSubnet", "subnet_fc", "build_fibre_flow", "SANFlow",
+    "conv3x3_at", "FactoredSubnet", "subnet_fc", "fused_coupling_applies", "fibre_flow_fused",
+    "build_fibre_flow", "SANFlow",
     "split_bce", "SANFlowLossConfig",
     "SANFlowLossTerms", "sanflow_loss_terms", "sanflow_loss", "sanflow_log_prob", "sanflow_anomaly_maps", "RECIPE",
     "SANFlowMethod",
 ]
 
 LOG_ALPHA_MIN, LOG_ALPHA_MAX = math.log(1e-8), math.log(1e4)
-#: The faster computation of the same losses: the condition factored out of the subnets (:class:`FactoredSubnet`);
-#: in the variance network channels-last convolutions, batch norms with pairwise sums and the ReLU fused
-#: (:func:`batch_norm_relu`), the input convolution as a matrix product (:func:`conv3x3_rows`) and the output
-#: convolution only where the loss samples it (:meth:`VarianceNet.sampled`); a channels-last backbone; in training,
-#: freed memory kept for reuse (:func:`uflow_lib.runtime.keep_freed_memory`). False: the plain computation, kept so that
-#: benchmarks/bench_sanflow_speed.py measures the speed-up in one run.
+#: The faster computation of the same losses: the condition factored out of the subnets (:class:`FactoredSubnet`)
+#: and, in the forward direction, each coupling block as one function (:func:`fibre_flow_fused`, bit for bit FrEIA's
+#: values and gradients); in the variance network channels-last convolutions, batch norms with pairwise sums and the
+#: ReLU fused (:func:`batch_norm_relu`), the input convolution as a matrix product (:func:`conv3x3_rows`) and the
+#: output convolution only where the loss samples it (:meth:`VarianceNet.sampled`); a channels-last backbone; in
+#: training, freed memory kept for reuse (:func:`uflow_lib.runtime.keep_freed_memory`). False: the plain computation,
+#: kept so that benchmarks/bench_sanflow_speed.py measures the speed-up in one run.
 FAST_PATHS = True
 #: An option that does NOT compute the same losses: the variance network's w → w convolutions in bfloat16
 #: (autocast; the batch norms stay in float32), faster on CPUs with AVX512-BF16 but with gradients far less precise
@@ -313,28 +315,127 @@ class _FactoredSubnetFunction(torch.autograd.Function):
     read, get zero)."""
 
     @staticmethod
-    def forward(ctx, inp, w1, b1, w2, b2, k, p):
+    def hidden_and_output(inp, w1, b1, w2, b2, k, p):
+        """The forward pass → (output ``(n, c_out)``, hidden layer ``(n, 2 c_in)`` after the ReLU)."""
         n = inp.shape[0]
         per_position = torch.addmm(b1, inp[:p, k:], w1[:, k:].t())  # (p, 2 c_in)
         h = per_position.repeat(n // p, 1).addmm_(inp[:, :k], w1[:, :k].t()).relu_()  # (n, 2 c_in)
-        ctx.save_for_backward(inp, h, w1, w2)
-        ctx.k, ctx.p = k, p
-        return torch.addmm(b2, h, w2.t())  # (n, c_out)
+        return torch.addmm(b2, h, w2.t()), h  # (n, c_out)
 
     @staticmethod
-    def backward(ctx, grad):
-        inp, h, w1, w2 = ctx.saved_tensors
-        k, p, n = ctx.k, ctx.p, inp.shape[0]
+    def weights_and_input_grads(grad, inp, h, w1, w2, k, p, input_grad=True, cond_grad=True):
+        """The backward pass for the output's gradient ``grad`` ``(n, c_out)`` → gradients of ``inp`` (None without
+        ``input_grad``; without ``cond_grad`` only its first ``k`` columns, ``(n, k)``), ``w1``, ``b1``, ``w2``,
+        ``b2``."""
+        n = inp.shape[0]
         g_h = grad.mm(w2)  # (n, 2 c_in)
         torch.ops.aten.threshold_backward.grad_input(g_h, h, 0, grad_input=g_h)  # ReLU's mask, in place
         g_pos = g_h.view(n // p, p, -1).sum(dim=0)  # (p, 2 c_in): the per-position term's gradient
         g_w1 = torch.cat([g_h.t().mm(inp[:, :k]), g_pos.t().mm(inp[:p, k:])], dim=1)  # (2 c_in, k + P)
         g_inp = None
-        if ctx.needs_input_grad[0]:
+        if input_grad and cond_grad:
             g_inp = inp.new_zeros(inp.shape)  # (n, k + P)
             g_inp[:, :k] = g_h.mm(w1[:, :k])
             g_inp[:p, k:] = g_pos.mm(w1[:, k:])
-        return g_inp, g_w1, g_pos.sum(dim=0), grad.t().mm(h), grad.sum(dim=0), None, None
+        elif input_grad:
+            g_inp = g_h.mm(w1[:, :k])  # (n, k)
+        return g_inp, g_w1, g_pos.sum(dim=0), grad.t().mm(h), grad.sum(dim=0)
+
+    @staticmethod
+    def forward(ctx, inp, w1, b1, w2, b2, k, p):
+        out, h = _FactoredSubnetFunction.hidden_and_output(inp, w1, b1, w2, b2, k, p)
+        ctx.save_for_backward(inp, h, w1, w2)
+        ctx.k, ctx.p = k, p
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        inp, h, w1, w2 = ctx.saved_tensors
+        return (*_FactoredSubnetFunction.weights_and_input_grads(grad, inp, h, w1, w2, ctx.k, ctx.p,
+                                                                  input_grad=ctx.needs_input_grad[0]), None, None)
+
+
+def fused_coupling_applies(block: nn.Module, rows: int, period: int) -> bool:
+    """Whether :func:`fibre_flow_fused` computes ``block`` (a FrEIA ``AllInOneBlock``) exactly: this library's
+    configuration (conditional, :class:`FactoredSubnet`, SOFTPLUS global affine with β = 0.5, a fixed permutation,
+    no GIN, Householder or reverse permutation) on rows that are a whole number of ``period``s."""
+    return (isinstance(block, Fm.AllInOneBlock) and isinstance(block.subnet, FactoredSubnet) and block.conditional
+            and block.input_rank == 0 and not block.GIN and not block.householder and not block.reverse_pre_permute
+            and getattr(getattr(block, "softplus", None), "beta", None) == 0.5
+            and block.subnet.cond_channels == block.condition_channels and period > 0 and rows % period == 0)
+
+
+def fibre_flow_fused(flow: Ff.SequenceINN, fibres: torch.Tensor, cond: torch.Tensor,
+                     period: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fibre flow's forward pass, one :class:`_FusedCouplingFunction` per block: ``fibres`` ``(n, C)`` and the
+    condition ``cond`` ``(n, P)`` (rows image-major, the condition repeating every ``period`` rows) →
+    ``(z, log_det)``, ``(n, C)`` and ``(n,)``: bit for bit FrEIA's ``flow(fibres, c=[cond])`` with the subnets'
+    :class:`FactoredSubnet` path, and the same gradients (check :func:`fused_coupling_applies` first)."""
+    x, log_det = fibres, 0
+    for block in flow.module_list:
+        sub = block.subnet
+        x, log_jac = _FusedCouplingFunction.apply(x, cond, sub[0].weight, sub[0].bias, sub[2].weight, sub[2].bias,
+                                                  block.global_scale, block.global_offset, block.w_perm,
+                                                  block.clamp, period)
+        log_det = log_jac + log_det  # as SequenceINN adds them
+    return x, log_det
+
+
+class _FusedCouplingFunction(torch.autograd.Function):
+    r"""One FrEIA ``AllInOneBlock`` as this library configures it, its forward and backward passes written out.
+
+    Rows ``x = [x_1, x_2]`` ``(n, C)``, :math:`C_1 = C - \lfloor C/2 \rfloor`; the subnet (:class:`FactoredSubnet`)
+    :math:`a = 0.1\,(W_2\,\mathrm{relu}(W_1 [x_1; c] + b_1) + b_2)`; :math:`s = \mathrm{clamp} \cdot \tanh(a_s)`,
+    :math:`u = [x_1,\; x_2 e^{s} + a_t]`; global affine :math:`g = 0.1\,\mathrm{softplus}_{\beta=0.5}(\gamma)`;
+    output :math:`(u g + o) P^\top` for the permutation :math:`P`; log-det :math:`\sum s + \sum \log g` per row.
+
+    The same operations as FrEIA's block in the same order, so the values are bit for bit FrEIA's; the backward
+    pass computes autograd's formulas in autograd's order but as one node instead of about twenty, without the
+    zero-filled buffers of the slices' and concatenations' backward passes and without the condition's gradient
+    (a constant here). Saved: the fibres, ``[x_1; c]``, the subnet's hidden layer, :math:`\tanh(a_s)`, :math:`e^s`
+    and :math:`u`.
+    """
+
+    @staticmethod
+    def forward(ctx, x, cond, w1, b1, w2, b2, gamma, offset, w_perm, clamp, period):
+        n, C = x.shape
+        c1, c2 = C - C // 2, C // 2
+        x1c = torch.cat([x[:, :c1], cond], 1)  # (n, c1 + P)
+        a, h = _FactoredSubnetFunction.hidden_and_output(x1c, w1, b1, w2, b2, c1, period)  # (n, 2 c2), (n, H)
+        a *= 0.1
+        t = torch.tanh(a[:, :c2])  # (n, c2)
+        s = clamp * t
+        es = torch.exp(s)
+        u = torch.cat((x[:, :c1], x[:, c1:] * es + a[:, c2:]), 1)  # (n, C): the coupling's output
+        scale = 0.1 * F.softplus(gamma, beta=0.5)  # (1, C)
+        log_jac = torch.sum(s, dim=(1,))
+        log_jac += 1 * torch.sum(torch.log(scale))
+        out = F.linear(u * scale + offset, w_perm)  # (n, C)
+        ctx.save_for_backward(x, x1c, h, w1, w2, t, es, u, scale, gamma, w_perm)
+        ctx.clamp, ctx.period = clamp, period
+        return out, log_jac
+
+    @staticmethod
+    def backward(ctx, g_out, g_log_jac):
+        x, x1c, h, w1, w2, t, es, u, scale, gamma, w_perm = ctx.saved_tensors
+        n, C = x.shape
+        c1, c2 = C - C // 2, C // 2
+        g_v = g_out.mm(w_perm)  # (n, C): the permutation's backward
+        g_offset = g_v.sum(0, keepdim=True)
+        g_scale = (g_v * u).sum(0, keepdim=True) + g_log_jac.sum() * 1 / scale  # both uses of the scale
+        g_gamma = torch.ops.aten.softplus_backward(g_scale * 0.1, gamma, 0.5, 20)
+        g_u = g_v * scale  # (n, C)
+        g_t = x.new_empty((n, 2 * c2))  # gradient of the subnet's output (before the 0.1)
+        g_s = g_u[:, c1:] * x[:, c1:] * es + g_log_jac[:, None]  # exp's and the log-det's
+        torch.ops.aten.tanh_backward.grad_input(g_s * ctx.clamp, t, grad_input=g_t[:, :c2])
+        g_t[:, c2:] = g_u[:, c1:]
+        g_a = g_t * 0.1
+        g_x1c, g_w1, g_b1, g_w2, g_b2 = _FactoredSubnetFunction.weights_and_input_grads(
+            g_a, x1c, h, w1, w2, c1, ctx.period, input_grad=ctx.needs_input_grad[0], cond_grad=False)
+        g_x = None
+        if ctx.needs_input_grad[0]:
+            g_x = torch.cat((g_u[:, :c1] + g_x1c, g_u[:, c1:] * es), 1)
+        return g_x, None, g_w1, g_b1, g_w2, g_b2, g_gamma, g_offset, None, None, None
 
 
 def subnet_fc(c_in: int, c_out: int, cond_channels: int = 0) -> nn.Module:
@@ -414,10 +515,14 @@ class SANFlow(nn.Module):
             raise ValueError(f"layer {layer} expects (B, {self.channels[layer]}, h, w), got {tuple(x.shape)}")
         B, C, h, w = x.shape
         fibres, cond = self._fibres(x)
-        for m in self.flows[layer].modules():  # rows are image-major: the condition repeats every h·w rows
+        flow = self.flows[layer]
+        if FAST_PATHS and not rev and all(fused_coupling_applies(b, len(fibres), h * w) for b in flow.module_list):
+            z, log_det = fibre_flow_fused(flow, fibres, cond, h * w)  # (B·h·w, C), (B·h·w,)
+            return z.view(B, h, w, C).permute(0, 3, 1, 2), log_det.view(B, h, w)
+        for m in flow.modules():  # rows are image-major: the condition repeats every h·w rows
             if isinstance(m, FactoredSubnet):
                 m.period = h * w if FAST_PATHS else None
-        z, log_det = self.flows[layer](fibres, c=[cond], rev=rev)  # (B·h·w, C), (B·h·w,)
+        z, log_det = flow(fibres, c=[cond], rev=rev)  # (B·h·w, C), (B·h·w,)
         return z.view(B, h, w, C).permute(0, 3, 1, 2), log_det.view(B, h, w)
 
     def forward(self, features: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
