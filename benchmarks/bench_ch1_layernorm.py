@@ -23,7 +23,7 @@ import os
 import sys
 import time
 
-from common import MVTEC_ROOT as ROOT, REPO, RESULTS, WEIGHTS, have_bottle, machine_line
+from common import MVTEC_ROOT as ROOT, REPO, RESULTS, WEIGHTS, have_bottle, run_record, runs_machine_line
 
 import torch  # noqa: E402
 
@@ -54,7 +54,7 @@ def run_one(norm: str, out: str, epochs: int | None = None) -> dict:
                 mean_z2_normal=m["mean_z2_normal"], gamma_mean_per_scale=gamma)
 
 
-def report(out: str, command: str, load: float | None) -> None:
+def report(out: str, command: str) -> None:
     rows = [json.loads(open(os.path.join(out, f"{n}.json")).read()) for n in NORMS
             if os.path.exists(os.path.join(out, f"{n}.json"))]
     borrowed = ""
@@ -67,8 +67,8 @@ def report(out: str, command: str, load: float | None) -> None:
                          mean_z2_normal=m["mean_z2_normal"], gamma_mean_per_scale=[], source="bottle_mobilenetv2.json"))
         borrowed = (" The fixed-standardisation row is the run of `python benchmarks/bench_bottle.py` "
                     f"(benchmarks/results/bottle_mobilenetv2.json, {b['date']}): the same training, not repeated here.")
-    # the load average is only meaningful when the runs start right after it (not with --report-only)
-    result = dict(command=command, machine=machine_line(load), date=time.strftime("%Y-%m-%d"), runs=rows)
+    # where the runs ran, as each recorded it (a --report-only run may be on another machine)
+    result = dict(command=command, machine=runs_machine_line(rows), date=time.strftime("%Y-%m-%d"), runs=rows)
     (RESULTS / "ch1_layernorm.json").write_text(json.dumps(result, indent=2))
     md = [
         "# Chapter 1, section 1.8: the feature normalisation before U-Flow, on MVTec AD bottle",
@@ -104,15 +104,15 @@ def main() -> int:
     args = ap.parse_args()
     if not have_bottle():
         return 0
-    load = os.getloadavg()[0]
     os.makedirs(args.out, exist_ok=True)
     if not args.report_only:
         for norm in args.norms:
-            row = run_one(norm, args.out, args.epochs)
+            started = run_record()
+            row = {**run_one(norm, args.out, args.epochs), **started}
             print(row, flush=True)
             with open(os.path.join(args.out, f"{norm}.json"), "w") as f:
                 json.dump(row, f, indent=2)
-    report(args.out, "OMP_NUM_THREADS=1 python benchmarks/bench_ch1_layernorm.py", None if args.report_only else load)
+    report(args.out, "OMP_NUM_THREADS=1 python benchmarks/bench_ch1_layernorm.py")
     return 0
 
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-from common import MVTEC_ROOT as ROOT, REPO, RESULTS, WEIGHTS, have_bottle, machine_line, mean_std, run_cli
+from common import MVTEC_ROOT as ROOT, REPO, RESULTS, WEIGHTS, have_bottle, mean_std, run_cli, run_record, \
+    runs_machine_line
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -139,7 +139,7 @@ def nfa_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def report(out: Path, load: float | None) -> str:
+def report(out: Path) -> str:
     rows = [json.loads(p.read_text()) for p in sorted(out.glob("result_*.json"))]
     rows.sort(key=lambda r: (RUNS.index(r["run"]), r["seed"]))
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -148,7 +148,7 @@ def report(out: Path, load: float | None) -> str:
         "# Every method on MVTec AD bottle (offline MobileNetV2, 256, last epoch, 3 seeds)", "",
         "Command: `python benchmarks/bench_methods.py` (from the repository root; each training a fresh process "
         "with 1 thread).", "",
-        f"{machine_line(load)}. Each training is `python -m uflow_lib train --method M --backbone mobilenetv2 "
+        f"{runs_machine_line(rows)}. Each training is `python -m uflow_lib train --method M --backbone mobilenetv2 "
         "--seed S` with no other setting: the library's CNN defaults, chosen on a validation set "
         "(`benchmarks/results/recipe_validation.md`; the baselines have the papers' defaults and no training). "
         "Train time: the seconds of the training epochs (the baselines: of the fit), from the checkpoint, after the "
@@ -186,22 +186,22 @@ def main() -> int:
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    load = os.getloadavg()[0]
     if not args.report_only:
         for run in args.runs:
             for seed in args.seeds:
                 path = out / f"result_{run}_seed{seed}.json"
                 if path.is_file():
                     continue
+                started = run_record()
                 checkpoint, wall, rss = train_command(run, seed, out)
                 ckpt = torch.load(checkpoint, weights_only=True, map_location="cpu")
                 model_mb = sum(v.numel() * v.element_size() for v in ckpt["model"].values()
                                if torch.is_tensor(v)) / 1e6
                 row = dict(run=run, seed=seed, train_command_seconds=wall, train_peak_rss_mb=rss, model_mb=model_mb,
-                           **evaluate(run, checkpoint))
+                           **started, **evaluate(run, checkpoint))
                 path.write_text(json.dumps(row, indent=1) + "\n")
                 print(json.dumps({k: v for k, v in row.items() if k != "nfa_variants"}), flush=True)
-    print(report(out, load))
+    print(report(out))
     return 0
 
 

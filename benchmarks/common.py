@@ -60,6 +60,31 @@ def machine_line(load: float | None = None) -> str:
     return line + ("" if load is None else f"; load average {load:.2f} at the start")
 
 
+def run_record() -> dict:
+    """What a run records about where it ran, at its start: ``machine`` (:func:`machine_line`) and ``load`` (the
+    1-minute load average). Reports assembled from saved runs read them back with :func:`runs_machine_line`."""
+    return dict(machine=machine_line(), load=os.getloadavg()[0])
+
+
+def runs_machine_line(runs: list[dict]) -> str:
+    """The machine line of a report assembled from saved runs, from what each run recorded (:func:`run_record`):
+    a report may be written later, or on another machine (``--report-only``), so the current machine would be the
+    wrong one. Runs saved before runs recorded it are counted as such."""
+    recorded = [r for r in runs if r.get("machine")]
+    machines = list(dict.fromkeys(r["machine"].removeprefix("Machine: ") for r in recorded))
+    if not machines:
+        return "Machine: not recorded with these runs"
+    line = ("Machine: " if len(machines) == 1 else "Machines: ") + "; ".join(machines)
+    loads = [r.get("load", r.get("load_at_start")) for r in recorded]
+    loads = [x for x in loads if x is not None]
+    if loads:
+        span = f"{min(loads):.2f}" if min(loads) == max(loads) else f"{min(loads):.2f}–{max(loads):.2f}"
+        line += f"; load average {span} at the start of {'the run' if len(recorded) == 1 else 'each run'}"
+    if len(recorded) < len(runs):
+        line += f" ({len(runs) - len(recorded)} of {len(runs)} runs did not record theirs)"
+    return line
+
+
 def mean_std(values, digits: int = 4) -> str:
     """``mean ± std`` (ddof 1) of ``values`` for a results table; the value alone for one, ``—`` for none."""
     import numpy as np

@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-from common import MVTEC_ROOT as ROOT, REPO, RESULTS, WEIGHTS, have_bottle, machine_line
+from common import MVTEC_ROOT as ROOT, REPO, RESULTS, WEIGHTS, have_bottle, run_record, runs_machine_line
 
 import torch  # noqa: E402
 
@@ -99,7 +98,8 @@ def report(out: Path) -> str:
                              for m, c in chosen.items()}), indent=1) + "\n")
     lines = ["# Learning rate and epochs chosen on validation (bottle's training images only)", "",
              "Command: `python benchmarks/select_recipes.py` (from the repository root; 1 torch thread).", "",
-             f"{machine_line()}. Validation: `make-validation --fraction {FRACTION} --seed {SPLIT_SEED}` on bottle's "
+             f"{runs_machine_line(tries)}. Validation: `make-validation --fraction {FRACTION} --seed {SPLIT_SEED}` "
+             "on bottle's "
              "train/good (each held-out image as a normal image and with one synthetic anomaly); training on the "
              "rest, MobileNetV2 at 256, seed 0. Every method: its own lr and 4× it, its own batch, the epochs of "
              "about 10 CPU minutes, its schedule stretched to them. Rule: highest mean of validation pixel AUROC "
@@ -135,13 +135,12 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         val_root = validation_root(out)
-        load = os.getloadavg()[0]
         for method in args.methods:
             for tag in LR_FACTORS:
                 path = out / f"try_{method}_{tag.replace(' ', '_').replace('×', 'x')}.json"
                 if not path.is_file():
-                    row = run_try(method, tag, val_root, out)
-                    row["load_at_start"] = load
+                    started = run_record()
+                    row = {**run_try(method, tag, val_root, out), **started}
                     path.write_text(json.dumps(row, indent=1) + "\n")
                 print(json.dumps(json.loads(path.read_text())["last"]), method, tag, flush=True)
     print(report(out))

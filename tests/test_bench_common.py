@@ -32,3 +32,21 @@ def test_cpu_model_names_the_widest_vector_units(tmp_path, common, flags, expect
     assert common.cpu_model(tmp_path / "missing") == ""
     line = common.machine_line(0.25)
     assert line.startswith("Machine: ") and line.endswith("load average 0.25 at the start")
+
+
+def test_reports_name_the_machines_the_runs_recorded(common):
+    """A report assembled from saved runs names where they ran (not where the report is written), with the load
+    averages they started under, and says how many runs recorded nothing."""
+    a = dict(machine="Machine: x86_64 (CPU A with AVX2), 2 CPUs", load=0.5)
+    b = dict(machine="Machine: x86_64 (CPU A with AVX2), 2 CPUs", load=1.25)
+    c = dict(machine="Machine: x86_64 (CPU B with AVX-512), 2 CPUs", load_at_start=0.75)
+    assert common.runs_machine_line([a]) == ("Machine: x86_64 (CPU A with AVX2), 2 CPUs; load average 0.50 at the "
+                                             "start of the run")
+    assert common.runs_machine_line([a, b, {}]) == ("Machine: x86_64 (CPU A with AVX2), 2 CPUs; load average "
+                                                    "0.50–1.25 at the start of each run (1 of 3 runs did not record "
+                                                    "theirs)")
+    assert common.runs_machine_line([a, c]) == ("Machines: x86_64 (CPU A with AVX2), 2 CPUs; x86_64 (CPU B with "
+                                                "AVX-512), 2 CPUs; load average 0.50–0.75 at the start of each run")
+    assert common.runs_machine_line([{}, {}]) == "Machine: not recorded with these runs"
+    record = common.run_record()
+    assert record["machine"] == common.machine_line() and record["load"] >= 0
