@@ -408,8 +408,7 @@ class _FusedCouplingFunction(torch.autograd.Function):
         es = torch.exp(s)
         u = torch.cat((x[:, :c1], x[:, c1:] * es + a[:, c2:]), 1)  # (n, C): the coupling's output
         scale = 0.1 * F.softplus(gamma, beta=0.5)  # (1, C)
-        log_jac = torch.sum(s, dim=(1,))
-        log_jac += 1 * torch.sum(torch.log(scale))
+        log_jac = s.sum(dim=1) + torch.log(scale).sum()  # (n,)
         out = F.linear(u * scale + offset, w_perm)  # (n, C)
         ctx.save_for_backward(x, x1c, h, w1, w2, t, es, u, scale, gamma, w_perm)
         ctx.clamp, ctx.period = clamp, period
@@ -422,7 +421,7 @@ class _FusedCouplingFunction(torch.autograd.Function):
         c1, c2 = C - C // 2, C // 2
         g_v = g_out.mm(w_perm)  # (n, C): the permutation's backward
         g_offset = g_v.sum(0, keepdim=True)
-        g_scale = (g_v * u).sum(0, keepdim=True) + g_log_jac.sum() * 1 / scale  # both uses of the scale
+        g_scale = (g_v * u).sum(0, keepdim=True) + g_log_jac.sum() / scale  # both uses of the scale
         g_gamma = torch.ops.aten.softplus_backward(g_scale * 0.1, gamma, 0.5, 20)
         g_u = g_v * scale  # (n, C)
         g_t = x.new_empty((n, 2 * c2))  # gradient of the subnet's output (before the 0.1)
