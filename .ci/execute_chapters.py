@@ -5,7 +5,9 @@
 
 Each chapter runs in a new kernel with the environment of book/conftest.py (the one nbval compares under),
 an empty chapter cache (``UFLOW_BOOK_CACHE`` in a temporary folder, so nothing trained earlier is reused), and
-its ``metadata.execution`` timestamps stripped and consecutive stream outputs merged afterwards. Prints each chapter's wall-clock time.
+its ``metadata.execution`` timestamps stripped and consecutive stream outputs merged afterwards, and this CPU's
+signature recorded in its metadata (``metadata.uflow.outputs_made_on``: nbval compares exactly on that CPU, within a
+tolerance elsewhere; book/cpu_outputs.py). Prints each chapter's wall-clock time.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from nbclient import NotebookClient
 BOOK = Path(__file__).resolve().parents[1] / "book"
 sys.path.insert(0, str(BOOK))
 from conftest import CPU_PINS  # noqa: E402  (also sets UFLOW_BOOK_MODE=ci and HF_HUB_OFFLINE=1)
+from cpu_outputs import record_made_on  # noqa: E402
 
 
 def coalesce_streams(nb: nbformat.NotebookNode) -> None:
@@ -47,6 +50,7 @@ def execute(path: Path, cache: Path) -> float:
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
     coalesce_streams(nb)
+    record_made_on(nb.metadata)
     nbformat.write(nb, path)
     return time.perf_counter() - t0
 

@@ -17,6 +17,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from uflow_lib.features import MOBILENETV2_FILE  # noqa: E402
+from uflow_lib.runtime import cpu_model  # noqa: E402,F401  (re-exported: the machine line names the CPU)
 
 #: ``../shared`` beside the repository: real MVTec AD data and the offline MobileNetV2 (never copied here)
 SHARED = REPO.parent / "shared"
@@ -31,22 +32,6 @@ def have_bottle() -> bool:
         return True
     print("skipped: ../shared/data/mvtec_ad/bottle or ../shared/weights not found beside the repository")
     return False
-
-
-def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """The CPU's model name and widest vector units, e.g. ``Intel(R) Xeon(R) Processor with AVX-512 and AMX``
-    (from Linux's ``cpuinfo``; ``""`` where there is none). Timings and their ratios depend on them, and the
-    machines this project runs on differ."""
-    try:
-        info = cpuinfo.read_text()
-    except OSError:
-        return ""
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    units = [label for flag, label in (("avx512f", "AVX-512"), ("amx_tile", "AMX")) if flag in flags]
-    if not units and "avx2" in flags:
-        units = ["AVX2"]
-    return name + (" with " + " and ".join(units) if units else "")
 
 
 def machine_line(load: float | None = None) -> str:

@@ -1,18 +1,19 @@
-"""Where and how a run executes: seeding every random number generator, choosing the device, and keeping freed
-memory for reuse (an allocator setting of the process)."""
+"""Where and how a run executes: seeding every random number generator, choosing the device, keeping freed
+memory for reuse (an allocator setting of the process), and naming the CPU (its printed digits depend on it)."""
 
 from __future__ import annotations
 
 import ctypes
-
+import platform
 import random
 from collections.abc import Iterator
+from pathlib import Path
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "numpy_global_seed", "pick_device", "keep_freed_memory"]
+__all__ = ["seed_everything", "numpy_global_seed", "pick_device", "keep_freed_memory", "cpu_model", "cpu_signature"]
 
 _KEEPS_FREED_MEMORY: bool | None = None
 
@@ -67,3 +68,35 @@ def keep_freed_memory() -> bool:
         except (OSError, AttributeError):  # not glibc
             _KEEPS_FREED_MEMORY = False
     return _KEEPS_FREED_MEMORY
+
+
+def _cpuinfo_fields(cpuinfo: Path) -> dict[str, str]:
+    """The first processor's ``name: value`` lines of Linux's ``cpuinfo`` (``{}`` where there is none)."""
+    try:
+        first = cpuinfo.read_text().split("\n\n", 1)[0]
+    except OSError:
+        return {}
+    return {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in first.splitlines() if ":" in line)}
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name and widest vector units, e.g. ``Intel(R) Xeon(R) Processor with AVX-512 and AMX``
+    (from Linux's ``cpuinfo``; ``""`` where there is none). Timings and their ratios depend on them, and the
+    machines this project runs on differ."""
+    fields = _cpuinfo_fields(cpuinfo)
+    name, flags = fields.get("model name", ""), set(fields.get("flags", "").split())
+    units = [label for flag, label in (("avx512f", "AVX-512"), ("amx_tile", "AMX")) if flag in flags]
+    if not units and "avx2" in flags:
+        units = ["AVX2"]
+    return name + (" with " + " and ".join(units) if units else "")
+
+
+def cpu_signature(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """What decides the rounding of a CPU run, as one line: architecture, model and vector units (:func:`cpu_model`)
+    and family and model numbers (virtual machines often name the model only ``AMD EPYC``), e.g. ``x86_64, AMD EPYC
+    with AVX-512 (family 25, model 17)``. With one thread and the same seeds, two runs with the same signature print
+    the same digits; a trained model's digits differ between signatures (kernels block and sum in other orders)."""
+    fields = _cpuinfo_fields(cpuinfo)
+    numbers = ", ".join(f"{label} {fields[key]}" for key, label in (("cpu family", "family"), ("model", "model"))
+                        if key in fields)
+    return f"{platform.machine()}, {cpu_model(cpuinfo) or 'unknown CPU'}{f' ({numbers})' if numbers else ''}"
