@@ -43,6 +43,7 @@ NAMES = {"uflow": "U-Flow", "msflow": "MSFlow", "sanflow": "SANFlow", "patchcore
          "padim": "PaDiM (d = 100)"}
 SEEDS = [0, 1, 2]
 
+
 def train_command(run: str, seed: int, out: Path) -> tuple[Path, float, float]:
     """``python -m uflow_lib train`` with the library's defaults in a fresh 1-thread process → (checkpoint,
     wall seconds, peak resident memory in MB)."""

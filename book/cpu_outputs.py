@@ -21,9 +21,10 @@ import re
 from uflow_lib.runtime import cpu_signature
 
 #: Relative tolerance for a number printed on another CPU than the one that made the committed outputs. The
-#: largest differences seen (an AVX-512/AMX Xeon against outputs made on another CPU, in the cells its CI run
-#: reported): 8.5 % (an IoU of one defect kind, 0.54 → 0.59) and 7.2 % (chapter 2's from-scratch flow, 1.29 → 1.39
-#: nats per point); most differ by a few units of the last digit.
+#: largest differences seen: an AVX-512/AMX Xeon, in the cells its CI run reported, 8.5 % (an IoU of one defect
+#: kind, 0.54 → 0.59) and 7.2 % (chapter 2's from-scratch flow, 1.29 → 1.39 nats per point); the CPU that made
+#: them without the pins (its AVX-512 kernels), 25 cells, at most 7.2 % (the same flow). Most differ by a few
+#: units of the last digit.
 RTOL = 0.15
 #: Where a notebook's metadata holds the signature of the CPU its outputs were made on.
 METADATA_KEY, MADE_ON = "uflow", "outputs_made_on"
@@ -51,20 +52,32 @@ def _value(token: str) -> tuple[float, float]:
     return float(token), 10.0 ** (int(exponent or 0) - decimals)
 
 
-def numbers_agree(reference: str, test: str, rtol: float = RTOL) -> bool:
-    """Whether ``test`` is ``reference`` up to its numbers: the same text between the numbers (whitespace aside:
-    a column widens with a longer number), as many numbers, and each within ``rtol`` of the reference's, relative
-    to the larger of the two, or one unit of the coarser last printed digit (a value on a rounding boundary)."""
+def _number_pairs(reference: str, test: str) -> list[tuple[tuple[float, float], tuple[float, float]]] | None:
+    """The (value, unit) pairs of the numbers of two outputs, in order; ``None`` where they differ in anything but
+    their numbers (the text between them, whitespace aside, or how many there are)."""
     ref_numbers, test_numbers = _NUMBER.findall(reference), _NUMBER.findall(test)
     ref_text = [re.sub(r"\s+", "", part) for part in _NUMBER.split(reference)]
     test_text = [re.sub(r"\s+", "", part) for part in _NUMBER.split(test)]
     if ref_text != test_text or len(ref_numbers) != len(test_numbers):
-        return False
-    for r, t in zip(ref_numbers, test_numbers):
-        (a, unit_a), (b, unit_b) = _value(r), _value(t)
-        if abs(a - b) > max(rtol * max(abs(a), abs(b)), max(unit_a, unit_b)) * (1 + 1e-9):
-            return False
-    return True
+        return None
+    return [(_value(r), _value(t)) for r, t in zip(ref_numbers, test_numbers)]
+
+
+def numbers_agree(reference: str, test: str, rtol: float = RTOL) -> bool:
+    """Whether ``test`` is ``reference`` up to its numbers: the same text between the numbers (whitespace aside:
+    a column widens with a longer number), as many numbers, and each within ``rtol`` of the reference's, relative
+    to the larger of the two, or one unit of the coarser last printed digit (a value on a rounding boundary)."""
+    pairs = _number_pairs(reference, test)
+    return pairs is not None and all(
+        abs(a - b) <= max(rtol * max(abs(a), abs(b)), unit_a, unit_b) * (1 + 1e-9)
+        for (a, unit_a), (b, unit_b) in pairs)
+
+
+def largest_difference(reference: str, test: str) -> float:
+    """The largest relative difference between the numbers of two outputs that :func:`numbers_agree` compares
+    (``|a − b| / max(|a|, |b|)``; 0 where none differs)."""
+    pairs = _number_pairs(reference, test) or []
+    return max((abs(a - b) / max(abs(a), abs(b)) for (a, _), (b, _) in pairs if a != b), default=0.0)
 
 
 class NumbersWithinTolerance(str):
@@ -77,7 +90,8 @@ class NumbersWithinTolerance(str):
         if str.__eq__(self, other) is True:
             return True
         if isinstance(other, str) and numbers_agree(str(self), str(other)):
-            ACCEPTED.setdefault(self.cell_id, None)
+            difference = largest_difference(str(self), str(other))
+            ACCEPTED[self.cell_id] = max(ACCEPTED.get(self.cell_id, 0.0), difference)
             return True
         return False
 
@@ -87,8 +101,9 @@ class NumbersWithinTolerance(str):
     __hash__ = str.__hash__
 
 
-#: Cells (nbval's ``path::Cell N``) whose outputs differed in their digits only and were accepted (insertion order).
-ACCEPTED: dict[str, None] = {}
+#: Cells (nbval's ``path::Cell N``) whose outputs differed in their digits only and were accepted, with the largest
+#: relative difference of their numbers (insertion order).
+ACCEPTED: dict[str, float] = {}
 #: Notebooks compared within the tolerance: path → (CPU that made the outputs, this CPU).
 TOLERANT_FILES: dict[str, tuple[str, str]] = {}
 
@@ -123,7 +138,9 @@ def summary_lines() -> list[str]:
         return []
     lines = [f"Chapter outputs compared within {RTOL:.0%} per number, not exactly: they were made on another CPU."]
     for path, (made, here) in sorted(TOLERANT_FILES.items()):
-        cells = [c.split("::Cell ")[1] for c in ACCEPTED if c.startswith(path + "::")]
-        lines.append(f"  {path}: made on {made}; this is {here}; "
-                     f"{len(cells)} cells differed in their digits only{': ' + ', '.join(cells) if cells else ''}")
+        cells = {c.split("::Cell ")[1]: d for c, d in ACCEPTED.items() if c.startswith(path + "::")}
+        differed = f"{len(cells)} {'cell' if len(cells) == 1 else 'cells'} differed in their digits only"
+        if cells:
+            differed += f" (largest relative difference {max(cells.values()):.1%}): {', '.join(cells)}"
+        lines.append(f"  {path}: made on {made}; this is {here}; {differed}")
     return lines

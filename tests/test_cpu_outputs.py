@@ -48,6 +48,13 @@ def test_other_outputs_disagree(reference, test):
     assert not cpu_outputs.numbers_agree(reference, test)
 
 
+def test_largest_difference_is_relative_to_the_larger_number():
+    assert cpu_outputs.largest_difference("IoU 0.54 → 0.00; ratio 0.7", "IoU 0.59 → 0.00; ratio 0.8") == \
+        pytest.approx(0.1 / 0.8)
+    assert cpu_outputs.largest_difference("48.8", "48.8") == 0.0
+    assert cpu_outputs.largest_difference("48.8 nats", "48.8 bits") == 0.0  # not comparable: numbers_agree says no
+
+
 def test_printed_numbers_are_read_with_the_unit_of_their_last_digit():
     assert cpu_outputs._value("1,234.50") == (1234.5, pytest.approx(0.01))
     assert cpu_outputs._value("\u22122.5e-3") == (-0.0025, pytest.approx(1e-4))
@@ -111,5 +118,5 @@ def test_nbval_compares_exactly_on_the_same_cpu_and_within_the_tolerance_elsewhe
     assert sorted(outcomes.values()) == ["failed"] * 4 + ["passed"] * 2, run.stdout
     assert [n for n, o in outcomes.items() if o == "passed"] == ["elsewhere.ipynb::Cell 0", "elsewhere.ipynb::Cell 2"]
     assert "elsewhere.ipynb: made on x86_64, CPU B with AVX2; this is " in run.stdout
-    assert "2 cells differed in their digits only: 0, 2" in run.stdout
+    assert "2 cells differed in their digits only (largest relative difference 7.2%): 0, 2" in run.stdout
     assert "  here.ipynb:" not in run.stdout, run.stdout  # compared exactly: not in the summary
