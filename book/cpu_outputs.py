@@ -22,9 +22,9 @@ from uflow_lib.runtime import cpu_signature
 
 #: Relative tolerance for a number printed on another CPU than the one that made the committed outputs. The
 #: largest differences seen: an AVX-512/AMX Xeon, in the cells its CI run reported, 8.5 % (an IoU of one defect
-#: kind, 0.54 → 0.59) and 7.2 % (chapter 2's from-scratch flow, 1.29 → 1.39 nats per point); the CPU that made
-#: them without the pins (its AVX-512 kernels), 25 cells, at most 7.2 % (the same flow). Most differ by a few
-#: units of the last digit.
+#: kind, 0.54 there, 0.59 committed) and 7.2 % (chapter 2's from-scratch flow, 1.29 there, 1.39 nats per point
+#: committed); the CPU that made them, without the pins (its AVX-512 kernels): 25 cells, at most 7.2 % (the same
+#: flow). Most differ by a few units of the last digit.
 RTOL = 0.15
 #: Where a notebook's metadata holds the signature of the CPU its outputs were made on.
 METADATA_KEY, MADE_ON = "uflow", "outputs_made_on"
