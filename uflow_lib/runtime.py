@@ -7,8 +7,8 @@ import ctypes
 import platform
 import random
 from collections.abc import Iterator
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
